@@ -2,4 +2,4 @@
 mod config;
 mod session;
 pub use config::{TlsAcceptor, TlsAcceptorBuilder, TlsConnector, TlsConnectorBuilder};
-pub use session::{TlsSession, ReadOutcome, SessionInfo};
+pub use session::{ReadOutcome, SessionInfo, TlsSession};

@@ -1,0 +1,395 @@
+//! TLS configuration: [`TlsAcceptor`] for servers, [`TlsConnector`] for clients.
+//!
+//! Both wrap a reference-counted OpenSSL `SSL_CTX`, so cloning them is cheap and one
+//! configuration serves any number of sessions.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    SslAcceptor, SslConnector, SslContext, SslContextBuilder, SslContextRef, SslMethod, SslMode,
+    SslOptions, SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509;
+use openssl::x509::store::X509StoreBuilder;
+
+use super::session::stack_message;
+use crate::{Error, Result};
+
+/// Session id context for server-side session caching (needed for resumption when
+/// client certificates are verified).
+const SESSION_ID_CONTEXT: &[u8] = b"biotls";
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Runs `f`, prefixing its configuration error with `path`.
+fn with_path<T>(path: &Path, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+    let data = read_file(path)?;
+    f(&data).map_err(|e| match e {
+        Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+        other => other,
+    })
+}
+
+fn parse_certs(what: &str, pem: &[u8]) -> Result<Vec<X509>> {
+    let certs = X509::stack_from_pem(pem)
+        .map_err(|e| Error::Config(format!("{what}: {}", stack_message(&e))))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "{what}: no certificate found in PEM"
+        )));
+    }
+    Ok(certs)
+}
+
+/// Installs a certificate chain (leaf first) and its private key into `ctx`.
+fn set_identity(ctx: &mut SslContextBuilder, chain_pem: &[u8], key_pem: &[u8]) -> Result<()> {
+    let mut certs = parse_certs("certificate chain", chain_pem)?.into_iter();
+    let leaf = certs
+        .next()
+        .ok_or_else(|| Error::config("certificate chain: no certificate found in PEM"))?;
+    let key = PKey::private_key_from_pem(key_pem)
+        .map_err(|e| Error::Config(format!("private key: {}", stack_message(&e))))?;
+    ctx.set_certificate(&leaf)
+        .map_err(|e| Error::Config(format!("certificate: {}", stack_message(&e))))?;
+    for cert in certs {
+        ctx.add_extra_chain_cert(cert)
+            .map_err(|e| Error::Config(format!("certificate chain: {}", stack_message(&e))))?;
+    }
+    ctx.set_private_key(&key)
+        .map_err(|e| Error::Config(format!("private key: {}", stack_message(&e))))?;
+    ctx.check_private_key().map_err(|e| {
+        Error::Config(format!(
+            "private key does not match the certificate: {}",
+            stack_message(&e)
+        ))
+    })
+}
+
+/// Adds every certificate in `pem` to `ctx`'s trust store; returns them.
+fn add_trusted(ctx: &mut SslContextBuilder, what: &str, pem: &[u8]) -> Result<Vec<X509>> {
+    let certs = parse_certs(what, pem)?;
+    for cert in &certs {
+        ctx.cert_store_mut()
+            .add_cert(cert.clone())
+            .map_err(|e| Error::Config(format!("{what}: {}", stack_message(&e))))?;
+    }
+    Ok(certs)
+}
+
+/// Loads the system's CA certificates into `ctx`; returns how many locations loaded.
+///
+/// Works with the system OpenSSL and with a vendored one whose compiled-in default
+/// directory differs: `SSL_CERT_FILE` / `SSL_CERT_DIR` (a `:`-separated list) are honored
+/// first, then the usual locations found by `openssl-probe`.
+fn load_system_roots(ctx: &mut SslContextBuilder) -> usize {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
+        files.push(PathBuf::from(file));
+    }
+    if let Some(list) = std::env::var_os("SSL_CERT_DIR") {
+        dirs.extend(std::env::split_paths(&list));
+    }
+    let probe = openssl_probe::probe();
+    files.extend(probe.cert_file);
+    dirs.extend(probe.cert_dir);
+
+    let mut loaded = 0;
+    let mut seen: Vec<PathBuf> = Vec::new();
+    for file in files {
+        if seen.contains(&file) || !file.is_file() {
+            continue;
+        }
+        match ctx.load_verify_locations(Some(&file), None) {
+            Ok(()) => loaded += 1,
+            Err(e) => log::warn!("{}: {}", file.display(), stack_message(&e)),
+        }
+        seen.push(file);
+    }
+    for dir in dirs {
+        if seen.contains(&dir) || !dir.is_dir() {
+            continue;
+        }
+        match ctx.load_verify_locations(None, Some(&dir)) {
+            Ok(()) => loaded += 1,
+            Err(e) => log::warn!("{}: {}", dir.display(), stack_message(&e)),
+        }
+        seen.push(dir);
+    }
+    loaded
+}
+
+/// Server-side TLS configuration: a certificate chain, its key, and policy.
+///
+/// Cheap to clone (it wraps a reference-counted `SSL_CTX`). Create sessions with
+/// [`TlsSession::server`](super::TlsSession::server).
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    ctx: SslContext,
+}
+
+impl fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptor {
+    /// Starts a server configuration from a PEM certificate chain (leaf first, then
+    /// intermediates) and the leaf's PEM private key.
+    ///
+    /// Defaults: Mozilla's "intermediate" profile (v5: TLS 1.2 minimum, TLS 1.3
+    /// preferred), no compression, no renegotiation, no client certificate requested,
+    /// partial writes enabled.
+    pub fn builder(chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptorBuilder> {
+        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+            .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
+        set_identity(&mut builder, chain_pem, key_pem)?;
+        builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
+        builder
+            .set_session_id_context(SESSION_ID_CONTEXT)
+            .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
+        Ok(TlsAcceptorBuilder { ctx: builder })
+    }
+
+    /// Like [`builder`](Self::builder), reading the chain and the key from PEM files.
+    pub fn builder_from_files(
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<TlsAcceptorBuilder> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let chain_pem = read_file(chain)?;
+        let key_pem = read_file(key)?;
+        Self::builder(&chain_pem, &key_pem).map_err(|e| match e {
+            Error::Config(msg) => {
+                Error::Config(format!("{} / {}: {msg}", chain.display(), key.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// A server configuration with the defaults of [`builder`](Self::builder), from PEM
+    /// files.
+    pub fn from_pem_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::builder_from_files(chain, key)?.build())
+    }
+
+    /// The OpenSSL context.
+    pub fn context(&self) -> &SslContext {
+        &self.ctx
+    }
+}
+
+/// Builds a [`TlsAcceptor`].
+pub struct TlsAcceptorBuilder {
+    ctx: openssl::ssl::SslAcceptorBuilder,
+}
+
+impl fmt::Debug for TlsAcceptorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsAcceptorBuilder").finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptorBuilder {
+    /// Requires clients to present a certificate issued by one of the CAs in `ca_pem`
+    /// (mutual TLS). The handshake fails if the client sends none or an untrusted one.
+    /// The CAs are also sent to clients as the list of acceptable issuers.
+    pub fn require_client_cert(mut self, ca_pem: &[u8]) -> Result<Self> {
+        let cas = add_trusted(&mut self.ctx, "client CA", ca_pem)?;
+        for ca in &cas {
+            self.ctx
+                .add_client_ca(ca)
+                .map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
+        }
+        self.ctx
+            .set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        Ok(self)
+    }
+
+    /// Like [`require_client_cert`](Self::require_client_cert), reading the CAs from a
+    /// PEM file.
+    pub fn require_client_cert_file(self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        with_path(path, |pem| self.require_client_cert(pem))
+    }
+
+    /// The underlying OpenSSL context builder, for settings this builder does not wrap
+    /// (verify callbacks, groups, ALPN selection, ...).
+    pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
+        &mut self.ctx
+    }
+
+    /// Finishes the configuration.
+    pub fn build(self) -> TlsAcceptor {
+        TlsAcceptor {
+            ctx: self.ctx.build().into_context(),
+        }
+    }
+}
+
+/// Client-side TLS configuration: trusted CAs, an optional client certificate, policy.
+///
+/// Cheap to clone (it wraps a reference-counted `SSL_CTX`). Create sessions with
+/// [`TlsSession::client`](super::TlsSession::client).
+#[derive(Clone)]
+pub struct TlsConnector {
+    connector: SslConnector,
+    verify: bool,
+}
+
+impl fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConnector {
+    /// Starts a client configuration.
+    ///
+    /// Defaults: TLS 1.2 minimum, certificate and host name verification on, no
+    /// renegotiation, partial writes enabled, and the system's CA certificates as trust
+    /// roots unless CAs are added with [`ca_pem`](TlsConnectorBuilder::ca_pem) /
+    /// [`ca_file`](TlsConnectorBuilder::ca_file).
+    pub fn builder() -> Result<TlsConnectorBuilder> {
+        let mut ctx = SslConnector::builder(SslMethod::tls_client())
+            .map_err(|e| Error::Config(format!("TLS client context: {}", stack_message(&e))))?;
+        // Start from an empty trust store: `SslConnector::builder` installed OpenSSL's
+        // compiled-in default paths, which would stay trusted next to `ca_pem` (and point
+        // nowhere useful with a vendored OpenSSL). `build` loads the system roots if no
+        // CA was configured.
+        let store = X509StoreBuilder::new()
+            .map_err(|e| Error::Config(format!("TLS client context: {}", stack_message(&e))))?;
+        ctx.set_cert_store(store.build());
+        ctx.set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(|e| Error::Config(format!("TLS client context: {}", stack_message(&e))))?;
+        ctx.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        ctx.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
+        Ok(TlsConnectorBuilder {
+            ctx,
+            roots_configured: false,
+            verify: true,
+        })
+    }
+
+    /// The OpenSSL context.
+    pub fn context(&self) -> &SslContextRef {
+        self.connector.context()
+    }
+
+    pub(crate) fn connector(&self) -> &SslConnector {
+        &self.connector
+    }
+
+    pub(crate) fn verifies_certificates(&self) -> bool {
+        self.verify
+    }
+}
+
+/// Builds a [`TlsConnector`].
+pub struct TlsConnectorBuilder {
+    ctx: openssl::ssl::SslConnectorBuilder,
+    roots_configured: bool,
+    verify: bool,
+}
+
+impl fmt::Debug for TlsConnectorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnectorBuilder")
+            .field("roots_configured", &self.roots_configured)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConnectorBuilder {
+    /// Trusts the CA certificates in `pem` (one or more). Once any CA is added this way,
+    /// the system roots are not loaded unless [`system_roots`](Self::system_roots) is
+    /// called too.
+    pub fn ca_pem(mut self, pem: &[u8]) -> Result<Self> {
+        add_trusted(&mut self.ctx, "CA certificate", pem)?;
+        self.roots_configured = true;
+        Ok(self)
+    }
+
+    /// Like [`ca_pem`](Self::ca_pem), reading a PEM file.
+    pub fn ca_file(self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        with_path(path, |pem| self.ca_pem(pem))
+    }
+
+    /// Trusts the system's CA certificates: `SSL_CERT_FILE` / `SSL_CERT_DIR` if set,
+    /// else the usual locations of the platform (found with `openssl-probe`, so this also
+    /// works with a vendored OpenSSL whose built-in default directory is elsewhere).
+    ///
+    /// Fails with [`Error::Config`] if no CA file or directory was found.
+    pub fn system_roots(mut self) -> Result<Self> {
+        if load_system_roots(&mut self.ctx) == 0 {
+            return Err(Error::config(
+                "no system CA certificates found (set SSL_CERT_FILE or SSL_CERT_DIR)",
+            ));
+        }
+        self.roots_configured = true;
+        Ok(self)
+    }
+
+    /// Presents a client certificate chain (leaf first) with its PEM private key, for
+    /// servers that require mutual TLS.
+    pub fn client_cert_pem(mut self, chain_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        set_identity(&mut self.ctx, chain_pem, key_pem)?;
+        Ok(self)
+    }
+
+    /// Like [`client_cert_pem`](Self::client_cert_pem), reading PEM files.
+    pub fn client_cert_files(self, chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let chain_pem = read_file(chain)?;
+        let key_pem = read_file(key)?;
+        self.client_cert_pem(&chain_pem, &key_pem)
+            .map_err(|e| match e {
+                Error::Config(msg) => {
+                    Error::Config(format!("{} / {}: {msg}", chain.display(), key.display()))
+                }
+                other => other,
+            })
+    }
+
+    /// **Dangerous**: accepts any server certificate, for any host name.
+    ///
+    /// The connection is then encrypted but not authenticated: anyone on the path can
+    /// impersonate the server and read everything. Use only for tests against a server
+    /// you control.
+    pub fn danger_disable_certificate_verification(mut self) -> Self {
+        self.ctx.set_verify(SslVerifyMode::NONE);
+        self.verify = false;
+        self
+    }
+
+    /// The underlying OpenSSL context builder, for settings this builder does not wrap
+    /// (ALPN protocols, verify callbacks, groups, protocol versions, ...).
+    pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
+        &mut self.ctx
+    }
+
+    /// Finishes the configuration. If no CA was configured and verification is on, the
+    /// system roots are loaded (a warning is logged if none are found; handshakes then
+    /// fail verification).
+    pub fn build(mut self) -> TlsConnector {
+        if self.verify && !self.roots_configured && load_system_roots(&mut self.ctx) == 0 {
+            log::warn!(
+                "biotls: no system CA certificates found; set SSL_CERT_FILE or SSL_CERT_DIR"
+            );
+        }
+        TlsConnector {
+            connector: self.ctx.build(),
+            verify: self.verify,
+        }
+    }
+}

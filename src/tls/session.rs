@@ -1,0 +1,575 @@
+//! The sans-I/O TLS session: an OpenSSL `SSL` over an in-memory duplex.
+//!
+//! [`TlsSession`] never touches a socket. Ciphertext received from the peer is fed in
+//! with [`TlsSession::feed_ciphertext`] / [`TlsSession::feed_eof`]; ciphertext to send is
+//! taken out with [`TlsSession::take_ciphertext`]. Plaintext goes in with
+//! [`TlsSession::write`] and comes out of [`TlsSession::read`].
+//!
+//! # Memory BIO route
+//!
+//! The session uses the safe route: `openssl::ssl::SslStream` over a private in-memory
+//! duplex. Its receive side is a queue of the [`Bytes`] chunks the transport delivered (no
+//! copy on the way in; OpenSSL's read out of the queue is the only copy), its send side a
+//! [`BytesMut`] that OpenSSL appends to and that is split off whole by `take_ciphertext`
+//! (no copy on the way out). This needs no `unsafe` and no `openssl-sys`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use bytes::{Buf, Bytes, BytesMut};
+use openssl::error::ErrorStack;
+use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslStream};
+use openssl::x509::X509;
+
+use super::config::{TlsAcceptor, TlsConnector};
+use crate::{Error, Result};
+
+/// `ERR_LIB_SSL`.
+const LIB_SSL: i32 = 20;
+/// `SSL_R_CERTIFICATE_VERIFY_FAILED`.
+const R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
+/// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (OpenSSL 3).
+const R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
+/// OpenSSL's text for a transport EOF without close_notify.
+const UNEXPECTED_EOF: &str = "unexpected eof while reading";
+
+/// Maximum plaintext in one TLS record.
+const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
+/// The in-memory transport under the `SslStream`.
+#[derive(Default)]
+struct MemDuplex {
+    /// Ciphertext fed in and not yet read by OpenSSL.
+    rx: VecDeque<Bytes>,
+    /// Total bytes in `rx`.
+    rx_len: usize,
+    /// The transport reached end of stream (nothing more will be fed).
+    eof: bool,
+    /// Ciphertext written by OpenSSL and not yet taken.
+    tx: BytesMut,
+}
+
+impl Read for MemDuplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut copied = 0;
+        while copied < buf.len() {
+            let Some(front) = self.rx.front_mut() else {
+                break;
+            };
+            let Some(dst) = buf.get_mut(copied..) else {
+                break;
+            };
+            let n = front.len().min(dst.len());
+            if let (Some(d), Some(s)) = (dst.get_mut(..n), front.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            front.advance(n);
+            copied += n;
+            if front.is_empty() {
+                self.rx.pop_front();
+            }
+        }
+        self.rx_len -= copied;
+        if copied == 0 && !self.eof {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(copied)
+    }
+}
+
+impl Write for MemDuplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The result of one [`TlsSession::read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes of plaintext were appended to the buffer. Call `read` again.
+    Data(usize),
+    /// OpenSSL needs more ciphertext before it can produce plaintext: feed some.
+    WantRead,
+    /// The peer sent its close_notify alert: a clean end of stream. Later reads return
+    /// `Eof` again.
+    Eof,
+}
+
+/// What was negotiated, for logging and for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The protocol version, as OpenSSL names it: `"TLSv1.3"`, `"TLSv1.2"`, or
+    /// `"unknown"` before the handshake.
+    pub version: &'static str,
+    /// The cipher suite's OpenSSL name, for example `"TLS_AES_256_GCM_SHA384"`.
+    pub cipher: Option<String>,
+    /// The protocol chosen by ALPN, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// On a server: the SNI host name the client sent. On a client: the name it asked
+    /// for (host name or IP literal) when the session was created.
+    pub server_name: Option<String>,
+    /// Whether the session was resumed from an earlier one.
+    pub resumed: bool,
+}
+
+/// A TLS session without I/O: an OpenSSL `SSL` over a memory transport.
+///
+/// Drive it like this: feed what the transport received (`feed_ciphertext`,
+/// `feed_eof`), call `handshake` until it returns `Ok(true)`, then call `read` until it
+/// returns `WantRead` or `Eof`, `write` plaintext, and after every call send what
+/// `take_ciphertext` returns (handshake messages, session tickets, KeyUpdate replies,
+/// alerts, close_notify).
+///
+/// After a fatal error the session stays failed: every later `handshake`, `read`,
+/// `write` and `shutdown` returns the same error. Any alert OpenSSL produced on the way
+/// remains available from `take_ciphertext`.
+pub struct TlsSession {
+    stream: SslStream<MemDuplex>,
+    is_server: bool,
+    handshake_done: bool,
+    shutdown_sent: bool,
+    close_notify_received: bool,
+    failed: Option<Error>,
+    requested_name: Option<String>,
+}
+
+impl fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("is_server", &self.is_server)
+            .field("handshake_complete", &self.handshake_done)
+            .field("version", &self.stream.ssl().version_str())
+            .field("ciphertext_in", &self.buffered_ciphertext_in())
+            .field("ciphertext_out", &self.buffered_ciphertext_out())
+            .field("shutdown_sent", &self.shutdown_sent)
+            .field("close_notify_received", &self.close_notify_received)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// Drains OpenSSL's per-thread error queue so a later failure reports only its own errors.
+fn clear_error_queue() {
+    let _ = ErrorStack::get();
+}
+
+/// The reason text of the first error in `stack` (for example "wrong version number").
+pub(crate) fn stack_reason(stack: &ErrorStack) -> Option<String> {
+    stack
+        .errors()
+        .first()
+        .map(|e| e.reason().map_or_else(|| e.to_string(), str::to_owned))
+}
+
+/// A readable message for an `ErrorStack` from a configuration or setup call.
+pub(crate) fn stack_message(stack: &ErrorStack) -> String {
+    stack_reason(stack).unwrap_or_else(|| "unknown OpenSSL error".to_owned())
+}
+
+/// The reason text of an `ssl::Error`.
+fn ssl_error_reason(e: &ssl::Error) -> String {
+    if let Some(reason) = e.ssl_error().and_then(stack_reason) {
+        return reason;
+    }
+    if let Some(io) = e.io_error() {
+        return io.to_string();
+    }
+    e.to_string()
+}
+
+fn stack_has(e: &ssl::Error, lib: i32, reason: i32, text: &str) -> bool {
+    e.ssl_error().is_some_and(|stack| {
+        stack.errors().iter().any(|err| {
+            (err.library_code() == lib && err.reason_code() == reason) || err.reason() == Some(text)
+        })
+    })
+}
+
+/// Whether `e` means "the transport ended without a close_notify".
+fn is_unexpected_eof(e: &ssl::Error) -> bool {
+    match e.code() {
+        ErrorCode::SYSCALL => e.ssl_error().is_none_or(|s| s.errors().is_empty()),
+        ErrorCode::SSL => stack_has(e, LIB_SSL, R_UNEXPECTED_EOF_WHILE_READING, UNEXPECTED_EOF),
+        _ => false,
+    }
+}
+
+fn setup_error(what: &str, stack: &ErrorStack) -> Error {
+    Error::Config(format!("{what}: {}", stack_message(stack)))
+}
+
+impl TlsSession {
+    fn new(ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
+        let stream = SslStream::new(ssl, MemDuplex::default())
+            .map_err(|e| setup_error("creating TLS session", &e))?;
+        Ok(TlsSession {
+            stream,
+            is_server,
+            handshake_done: false,
+            shutdown_sent: false,
+            close_notify_received: false,
+            failed: None,
+            requested_name,
+        })
+    }
+
+    /// Creates a server-side session from `acceptor`'s configuration.
+    pub fn server(acceptor: &TlsAcceptor) -> Result<Self> {
+        Self::server_with(acceptor, |_| Ok(()))
+    }
+
+    /// Like [`server`](Self::server), but lets `configure` adjust this session's `SSL`
+    /// before the handshake starts (the per-session counterpart of
+    /// [`TlsAcceptorBuilder::context_builder_mut`](super::TlsAcceptorBuilder::context_builder_mut)).
+    pub fn server_with(
+        acceptor: &TlsAcceptor,
+        configure: impl FnOnce(&mut SslRef) -> Result<()>,
+    ) -> Result<Self> {
+        let mut ssl =
+            Ssl::new(acceptor.context()).map_err(|e| setup_error("creating TLS session", &e))?;
+        ssl.set_accept_state();
+        configure(&mut ssl)?;
+        Self::new(ssl, true, None)
+    }
+
+    /// Creates a client-side session that connects to `server_name`.
+    ///
+    /// `server_name` is sent as SNI unless it is an IP literal, and the server's
+    /// certificate is checked against it (as a DNS name, or as an IP address for an IP
+    /// literal) unless verification was disabled with
+    /// [`TlsConnectorBuilder::danger_disable_certificate_verification`](super::TlsConnectorBuilder::danger_disable_certificate_verification).
+    pub fn client(connector: &TlsConnector, server_name: &str) -> Result<Self> {
+        Self::client_with(connector, server_name, |_| Ok(()))
+    }
+
+    /// Like [`client`](Self::client), but lets `configure` adjust this session's `SSL`
+    /// (ALPN protocols, a session to resume, ...) before the handshake starts.
+    pub fn client_with(
+        connector: &TlsConnector,
+        server_name: &str,
+        configure: impl FnOnce(&mut SslRef) -> Result<()>,
+    ) -> Result<Self> {
+        let mut cfg = connector
+            .connector()
+            .configure()
+            .map_err(|e| setup_error("creating TLS session", &e))?;
+        let verify = connector.verifies_certificates();
+        cfg.set_verify_hostname(verify);
+        let mut ssl = cfg.into_ssl(server_name).map_err(|e| {
+            Error::Config(format!(
+                "server name {server_name:?}: {}",
+                stack_message(&e)
+            ))
+        })?;
+        ssl.set_connect_state();
+        configure(&mut ssl)?;
+        Self::new(ssl, false, Some(server_name.to_owned()))
+    }
+
+    /// Queues ciphertext received from the peer. The chunk is kept as is (no copy); empty
+    /// chunks are ignored.
+    pub fn feed_ciphertext(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let io = self.stream.get_mut();
+        io.rx_len += data.len();
+        io.rx.push_back(data);
+    }
+
+    /// Records that the transport reached end of stream: once the queued ciphertext is
+    /// consumed, OpenSSL sees EOF. After the handshake, EOF without the peer's
+    /// close_notify makes `read` fail with [`Error::Truncated`].
+    pub fn feed_eof(&mut self) {
+        self.stream.get_mut().eof = true;
+    }
+
+    /// Bytes of ciphertext fed in but not yet consumed by OpenSSL.
+    pub fn buffered_ciphertext_in(&self) -> usize {
+        self.stream.get_ref().rx_len
+    }
+
+    /// Whether there is ciphertext to send to the peer.
+    pub fn has_ciphertext(&self) -> bool {
+        !self.stream.get_ref().tx.is_empty()
+    }
+
+    /// Takes all pending ciphertext as one chunk (split off the output buffer, no copy),
+    /// or `None` if there is none.
+    pub fn take_ciphertext(&mut self) -> Option<Bytes> {
+        let tx = &mut self.stream.get_mut().tx;
+        if tx.is_empty() {
+            None
+        } else {
+            Some(tx.split().freeze())
+        }
+    }
+
+    /// Bytes of ciphertext waiting to be taken with [`take_ciphertext`](Self::take_ciphertext).
+    pub fn buffered_ciphertext_out(&self) -> usize {
+        self.stream.get_ref().tx.len()
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.failed = Some(e.clone());
+        e
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn handshake_error(&self, e: &ssl::Error) -> Error {
+        if e.code() == ErrorCode::SSL
+            && stack_has(
+                e,
+                LIB_SSL,
+                R_CERTIFICATE_VERIFY_FAILED,
+                "certificate verify failed",
+            )
+        {
+            let result = self.stream.ssl().verify_result();
+            let text = if result == openssl::x509::X509VerifyResult::OK {
+                "certificate verify failed"
+            } else {
+                result.error_string()
+            };
+            return Error::Verification(text.to_owned());
+        }
+        match e.code() {
+            ErrorCode::SYSCALL if is_unexpected_eof(e) => Error::Handshake(UNEXPECTED_EOF.into()),
+            ErrorCode::ZERO_RETURN => {
+                Error::Handshake("peer sent close_notify during the handshake".into())
+            }
+            _ => Error::Handshake(ssl_error_reason(e)),
+        }
+    }
+
+    /// Drives the handshake with the ciphertext fed so far.
+    ///
+    /// Returns `Ok(true)` once the handshake is complete (and on every later call),
+    /// `Ok(false)` when more ciphertext from the peer is needed. Send
+    /// [`take_ciphertext`](Self::take_ciphertext) after each call either way.
+    ///
+    /// Errors: [`Error::Verification`] when the peer's certificate is rejected (the text
+    /// is OpenSSL's verify result, e.g. "hostname mismatch"), [`Error::Handshake`] for
+    /// anything else, including EOF before the handshake completed.
+    pub fn handshake(&mut self) -> Result<bool> {
+        self.check_failed()?;
+        if self.handshake_done {
+            return Ok(true);
+        }
+        clear_error_queue();
+        match self.stream.do_handshake() {
+            Ok(()) => {
+                self.handshake_done = true;
+                Ok(true)
+            }
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(false),
+            Err(e) => {
+                let err = self.handshake_error(&e);
+                Err(self.fail(err))
+            }
+        }
+    }
+
+    /// Whether the handshake has completed.
+    pub fn is_handshake_complete(&self) -> bool {
+        self.handshake_done
+    }
+
+    /// Decrypts at most one record's worth of plaintext into `buf`'s spare room
+    /// (reserving 16 KiB when there is less), appending to what `buf` already holds.
+    ///
+    /// Call it in a loop until it returns [`ReadOutcome::WantRead`] or
+    /// [`ReadOutcome::Eof`]: OpenSSL may hold more decrypted data than one call returns.
+    /// Before the handshake completes, `read` drives the handshake first. Post-handshake
+    /// messages (session tickets, KeyUpdate) are handled transparently; a KeyUpdate reply
+    /// shows up in [`take_ciphertext`](Self::take_ciphertext).
+    ///
+    /// Errors: [`Error::Truncated`] when the transport ended without close_notify (after
+    /// all plaintext received before it was returned), [`Error::Tls`] for a bad record or
+    /// a fatal alert, and the handshake errors of [`handshake`](Self::handshake).
+    pub fn read(&mut self, buf: &mut BytesMut) -> Result<ReadOutcome> {
+        self.check_failed()?;
+        if !self.handshake()? {
+            return Ok(ReadOutcome::WantRead);
+        }
+        if self.close_notify_received {
+            return Ok(ReadOutcome::Eof);
+        }
+        let start = buf.len();
+        if buf.capacity() - start < MAX_RECORD_PLAINTEXT {
+            buf.reserve(MAX_RECORD_PLAINTEXT);
+        }
+        // One `SSL_read` returns at most one record: zero-fill (no `unsafe`) only that much.
+        let room = (buf.capacity() - start).min(MAX_RECORD_PLAINTEXT);
+        buf.resize(start + room, 0);
+        clear_error_queue();
+        let (_, dst) = buf.split_at_mut(start);
+        let result = self.stream.ssl_read(dst);
+        match result {
+            Ok(n) => {
+                buf.truncate(start + n);
+                Ok(ReadOutcome::Data(n))
+            }
+            Err(e) => {
+                buf.truncate(start);
+                match e.code() {
+                    ErrorCode::ZERO_RETURN => {
+                        self.close_notify_received = true;
+                        Ok(ReadOutcome::Eof)
+                    }
+                    ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
+                    _ if is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
+                    _ => {
+                        let err = Error::Tls(ssl_error_reason(&e));
+                        Err(self.fail(err))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encrypts plaintext from `data`, returning how many bytes were taken.
+    ///
+    /// With partial writes enabled (the acceptor and connector do this), `write` returns
+    /// after each record (at most 16 KiB): the caller loops until all of `data` is taken.
+    /// It never blocks, since the ciphertext goes to memory; take it with
+    /// [`take_ciphertext`](Self::take_ciphertext). `Ok(0)` means nothing was taken (only
+    /// for empty `data`, or if OpenSSL needs input first, which does not happen without
+    /// renegotiation).
+    ///
+    /// Errors: [`Error::InvalidState`] before the handshake completes or after
+    /// [`shutdown`](Self::shutdown); [`Error::Tls`] if OpenSSL fails.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize> {
+        self.check_failed()?;
+        if !self.handshake_done {
+            return Err(Error::InvalidState(
+                "write before the TLS handshake completed",
+            ));
+        }
+        if self.shutdown_sent {
+            return Err(Error::InvalidState("write after TLS shutdown"));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        clear_error_queue();
+        match self.stream.ssl_write(data) {
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(0),
+            Err(e) => {
+                let err = Error::Tls(ssl_error_reason(&e));
+                Err(self.fail(err))
+            }
+        }
+    }
+
+    /// Queues our close_notify alert (once; later calls do nothing). Take it with
+    /// [`take_ciphertext`](Self::take_ciphertext). This does not wait for the peer's
+    /// close_notify; keep reading to see it as [`ReadOutcome::Eof`].
+    ///
+    /// Errors: [`Error::InvalidState`] before the handshake completes, or the session's
+    /// earlier fatal error.
+    pub fn shutdown(&mut self) -> Result<()> {
+        self.check_failed()?;
+        if self.shutdown_sent {
+            return Ok(());
+        }
+        if !self.handshake_done {
+            return Err(Error::InvalidState(
+                "TLS shutdown before the handshake completed",
+            ));
+        }
+        clear_error_queue();
+        match self.stream.shutdown() {
+            Ok(_) => {
+                self.shutdown_sent = true;
+                Ok(())
+            }
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                self.shutdown_sent = true;
+                Ok(())
+            }
+            Err(e) => {
+                let err = Error::Tls(ssl_error_reason(&e));
+                Err(self.fail(err))
+            }
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has queued our close_notify.
+    pub fn is_shutdown_sent(&self) -> bool {
+        self.shutdown_sent
+    }
+
+    /// Whether the peer's close_notify has been read (a `read` returned `Eof`).
+    pub fn received_close_notify(&self) -> bool {
+        self.close_notify_received
+    }
+
+    /// Whether this is the server side.
+    pub fn is_server(&self) -> bool {
+        self.is_server
+    }
+
+    /// The error that failed the session, if any.
+    pub fn error(&self) -> Option<&Error> {
+        self.failed.as_ref()
+    }
+
+    /// What was negotiated (meaningful once the handshake is complete).
+    pub fn info(&self) -> SessionInfo {
+        let ssl = self.stream.ssl();
+        let server_name = if self.is_server {
+            ssl.servername(NameType::HOST_NAME).map(str::to_owned)
+        } else {
+            self.requested_name.clone()
+        };
+        SessionInfo {
+            version: ssl.version_str(),
+            cipher: ssl.current_cipher().map(|c| c.name().to_owned()),
+            alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+            server_name,
+            resumed: ssl.session_reused(),
+        }
+    }
+
+    /// The peer's certificate, if it sent one.
+    pub fn peer_certificate(&self) -> Option<X509> {
+        self.stream.ssl().peer_certificate()
+    }
+
+    /// The certificate chain the peer sent, if any. As in OpenSSL, on the server side it
+    /// does not include the client's leaf certificate (see
+    /// [`peer_certificate`](Self::peer_certificate)).
+    pub fn peer_cert_chain(&self) -> Option<Vec<X509>> {
+        self.stream
+            .ssl()
+            .peer_cert_chain()
+            .map(|chain| chain.iter().map(|c| c.to_owned()).collect())
+    }
+
+    /// The underlying OpenSSL session, for queries this type does not wrap.
+    ///
+    /// There is no `ssl_mut`: the `openssl` crate gives no mutable access to the `SSL`
+    /// inside an `SslStream`. Adjust a session before its handshake with
+    /// [`server_with`](Self::server_with) / [`client_with`](Self::client_with).
+    pub fn ssl(&self) -> &SslRef {
+        self.stream.ssl()
+    }
+}
