@@ -92,10 +92,11 @@ fn start<S: Stream>(lp: &mut Loop, stream: S, session: Rc<Session<S>>) -> Result
             let sess = Rc::clone(&session);
             let queued = s.write(lp, data, move |lp, s, r| match r {
                 Ok(()) => {
-                    if sess.paused.get() && s.write_queue_size(lp) <= sess.opts.low_water {
-                        if let Err(e) = start(lp, s, Rc::clone(&sess)) {
-                            finish(lp, s, &sess, EchoEnd::Failed(e));
-                        }
+                    if sess.paused.get()
+                        && s.write_queue_size(lp) <= sess.opts.low_water
+                        && let Err(e) = start(lp, s, Rc::clone(&sess))
+                    {
+                        finish(lp, s, &sess, EchoEnd::Failed(e));
                     }
                 }
                 Err(Error::Cancelled) => {}

@@ -41,6 +41,9 @@ pub(crate) enum Deferred {
     Call(Box<dyn FnOnce(&mut Loop)>),
 }
 
+/// The loop side of a `queue_work` job: takes the boxed result.
+type JobDone = Box<dyn FnOnce(&mut Loop, Box<dyn Any + Send>)>;
+
 /// Work posted from other threads: async wake-ups and finished background jobs.
 #[derive(Default)]
 pub(crate) struct Inbox {
@@ -92,12 +95,14 @@ pub struct Loop {
     /// Per-loop read buffer: reads land here and are split off as `Bytes`, so an idle
     /// handle holds no buffer of its own.
     read_buf: BytesMut,
+    /// Per-loop plaintext buffer of the TLS handles, split off like `read_buf`.
+    pub(crate) plain_buf: BytesMut,
     /// Number of referenced, active handles.
     active: usize,
     stopped: bool,
     pub(crate) remote: Arc<Remote>,
     pub(crate) asyncs: Vec<RawId>,
-    jobs: HashMap<u64, Box<dyn FnOnce(&mut Loop, Box<dyn Any + Send>)>>,
+    jobs: HashMap<u64, JobDone>,
     next_job: u64,
 }
 
@@ -141,6 +146,7 @@ impl Loop {
             now: Instant::now(),
             ready_again: Vec::new(),
             read_buf: BytesMut::new(),
+            plain_buf: BytesMut::new(),
             active: 0,
             stopped: false,
             remote: Arc::new(Remote {

@@ -20,3 +20,4 @@ pub use signal::Signal;
 pub use stream::{ReadResult, Stream};
 pub use tcp::{ListenOptions, Tcp, TcpListener};
 pub use timer::Timer;
+pub use tls::Tls;

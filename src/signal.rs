@@ -105,10 +105,10 @@ impl Signal {
 
     /// Closes the handle. Does nothing on a closed handle.
     pub fn close(self, lp: &mut Loop) {
-        if let Some(State::Signal(mut s)) = lp.remove(self.0) {
-            if let Some(mut signals) = s.signals.take() {
-                let _ = lp.registry().deregister(&mut signals);
-            }
+        if let Some(State::Signal(mut s)) = lp.remove(self.0)
+            && let Some(mut signals) = s.signals.take()
+        {
+            let _ = lp.registry().deregister(&mut signals);
         }
     }
 
@@ -132,10 +132,11 @@ pub(crate) fn on_event(lp: &mut Loop, id: RawId) {
         let epoch = s.epoch;
         let Some(mut cb) = s.cb.take() else { return };
         cb(lp, Signal(id), signum);
-        if let Ok(s) = state(lp, id) {
-            if s.epoch == epoch && s.cb.is_none() {
-                s.cb = Some(cb);
-            }
+        if let Ok(s) = state(lp, id)
+            && s.epoch == epoch
+            && s.cb.is_none()
+        {
+            s.cb = Some(cb);
         }
     }
 }

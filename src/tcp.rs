@@ -286,10 +286,10 @@ impl Tcp {
             timer.close(lp);
             fail_connect(lp, self.0, Error::TimedOut("connect"));
         })?;
-        if let Ok(Some(c)) = tcp(lp, self.0).map(|t| t.connect.as_mut()) {
-            if let Some(old) = c.timer.replace(timer) {
-                old.close(lp);
-            }
+        if let Ok(Some(c)) = tcp(lp, self.0).map(|t| t.connect.as_mut())
+            && let Some(old) = c.timer.replace(timer)
+        {
+            old.close(lp);
         }
         Ok(())
     }
@@ -398,7 +398,11 @@ impl Stream for Tcp {
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {
-        self.queue_write(lp, vec![data.into()], Box::new(move |lp, r| cb(lp, self, r)))
+        self.queue_write(
+            lp,
+            vec![data.into()],
+            Box::new(move |lp, r| cb(lp, self, r)),
+        )
     }
 
     fn write_vectored<F>(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: F) -> Result<()>
@@ -492,13 +496,20 @@ fn connect_next(lp: &mut Loop, id: RawId) {
         let Ok(t) = tcp(lp, id) else { return };
         let Some(c) = t.connect.as_mut() else { return };
         let Some(addr) = c.rest.pop_front() else {
-            let err = c.last_error.take().unwrap_or(Error::InvalidState("no address"));
+            let err = c
+                .last_error
+                .take()
+                .unwrap_or(Error::InvalidState("no address"));
             fail_connect(lp, id, err);
             return;
         };
         let result = mio::net::TcpStream::connect(addr).and_then(|mut sock| {
             lp.registry()
-                .register(&mut sock, id.token(), Interest::READABLE | Interest::WRITABLE)
+                .register(
+                    &mut sock,
+                    id.token(),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
                 .map(|()| sock)
         });
         let Ok(t) = tcp(lp, id) else { return };
@@ -674,7 +685,9 @@ fn flush(lp: &mut Loop, id: RawId) {
                 t.out_bytes -= n;
                 let mut left = n;
                 while left > 0 {
-                    let Some(front) = t.out.front_mut() else { break };
+                    let Some(front) = t.out.front_mut() else {
+                        break;
+                    };
                     if front.len() <= left {
                         left -= front.len();
                         t.out.pop_front();
@@ -871,10 +884,11 @@ pub(crate) fn on_listener_event(lp: &mut Loop, id: RawId) {
         let Ok(l) = listener(lp, id) else { return };
         let Some(mut cb) = l.cb.take() else { return };
         cb(lp, TcpListener(id), accepted);
-        if let Ok(l) = listener(lp, id) {
-            if l.epoch == epoch && l.cb.is_none() {
-                l.cb = Some(cb);
-            }
+        if let Ok(l) = listener(lp, id)
+            && l.epoch == epoch
+            && l.cb.is_none()
+        {
+            l.cb = Some(cb);
         }
         if failed {
             return;

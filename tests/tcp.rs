@@ -183,13 +183,15 @@ fn close_cancels_queued_writes_before_the_close_callback() {
         for i in 0..3 {
             let o = o.clone();
             tcp.write(lp, big.clone(), move |_, _, r| {
-                o.borrow_mut().push(format!("write{i}:{}", matches!(r, Err(Error::Cancelled))));
+                o.borrow_mut()
+                    .push(format!("write{i}:{}", matches!(r, Err(Error::Cancelled))));
             })
             .unwrap();
         }
         let o2 = o.clone();
         tcp.shutdown(lp, move |_, _, r| {
-            o2.borrow_mut().push(format!("shutdown:{}", matches!(r, Err(Error::Cancelled))));
+            o2.borrow_mut()
+                .push(format!("shutdown:{}", matches!(r, Err(Error::Cancelled))));
         })
         .unwrap();
         assert!(tcp.write_queue_size(lp) > 0);
@@ -204,7 +206,13 @@ fn close_cancels_queued_writes_before_the_close_callback() {
     run_until(&mut lp, LIMIT, || order.borrow().len() == 5);
     assert_eq!(
         *order.borrow(),
-        ["write0:true", "write1:true", "write2:true", "shutdown:true", "close"]
+        [
+            "write0:true",
+            "write1:true",
+            "write2:true",
+            "shutdown:true",
+            "close"
+        ]
     );
 }
 
@@ -212,7 +220,10 @@ fn close_cancels_queued_writes_before_the_close_callback() {
 fn connect_refused_is_an_error() {
     let mut lp = Loop::new().unwrap();
     // Bind then drop a listener to get a port that is (almost certainly) closed.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let got = Rc::new(RefCell::new(None));
     let g = got.clone();
     Tcp::connect(&mut lp, addr, move |lp, tcp, r| {
@@ -233,11 +244,15 @@ fn connect_by_host_name_resolves_off_the_loop() {
     let (listener, addr) = echo_server(&mut lp, EchoOptions::default());
     let connected = Rc::new(Cell::new(false));
     let c = connected.clone();
-    Tcp::connect_host(&mut lp, &format!("localhost:{}", addr.port()), move |lp, tcp, r| {
-        r.unwrap();
-        c.set(true);
-        tcp.close(lp, |_, _| {});
-    })
+    Tcp::connect_host(
+        &mut lp,
+        &format!("localhost:{}", addr.port()),
+        move |lp, tcp, r| {
+            r.unwrap();
+            c.set(true);
+            tcp.close(lp, |_, _| {});
+        },
+    )
     .unwrap();
     run_until(&mut lp, LIMIT, || connected.get());
     listener.close(&mut lp);
@@ -251,7 +266,8 @@ fn connect_timeout_fails_a_connect_that_hangs() {
     // kernel still answers SYNs, so use an address that drops them instead: a port on a
     // non-routable TEST-NET address would leave loopback. Instead, fill the backlog.
     let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    full.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     full.listen(0).unwrap();
     let addr = full.local_addr().unwrap().as_socket().unwrap();
     // Occupy the backlog with blocking connects that are never accepted.
@@ -268,7 +284,8 @@ fn connect_timeout_fails_a_connect_that_hangs() {
         tcp.close(lp, |_, _| {});
     })
     .unwrap();
-    tcp.set_connect_timeout(&mut lp, Duration::from_millis(300)).unwrap();
+    tcp.set_connect_timeout(&mut lp, Duration::from_millis(300))
+        .unwrap();
     run_to_end(&mut lp, LIMIT);
     let result = got.borrow_mut().take().expect("connect callback ran");
     assert!(
@@ -291,9 +308,18 @@ fn calls_on_a_closed_handle_are_errors_not_panics() {
         // A second close does nothing (its callback never runs).
         let cl = closed.clone();
         tcp.close(lp, move |_, _| cl.set(cl.get() + 100));
-        assert!(matches!(tcp.write(lp, &b"x"[..], |_, _, _| panic!("cb of a refused write")), Err(Error::Closed)));
-        assert!(matches!(tcp.shutdown(lp, |_, _, _| panic!("cb of a refused shutdown")), Err(Error::Closed)));
-        assert!(matches!(tcp.start_read(lp, |_, _, _| panic!("read cb")), Err(Error::Closed)));
+        assert!(matches!(
+            tcp.write(lp, &b"x"[..], |_, _, _| panic!("cb of a refused write")),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            tcp.shutdown(lp, |_, _, _| panic!("cb of a refused shutdown")),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            tcp.start_read(lp, |_, _, _| panic!("read cb")),
+            Err(Error::Closed)
+        ));
         assert!(matches!(tcp.stop_read(lp), Err(Error::Closed)));
         assert!(matches!(tcp.try_write(lp, b"x"), Err(Error::Closed)));
         assert!(matches!(tcp.peer_addr(lp), Err(Error::Closed)));
@@ -305,7 +331,11 @@ fn calls_on_a_closed_handle_are_errors_not_panics() {
     listener.close(&mut lp);
     run_to_end(&mut lp, LIMIT);
     let closed = checked.borrow_mut().take().expect("connected");
-    assert_eq!(closed.get(), 1, "the first close callback ran once, the second never");
+    assert_eq!(
+        closed.get(),
+        1,
+        "the first close callback ran once, the second never"
+    );
 }
 
 #[test]
@@ -350,10 +380,13 @@ fn write_and_shutdown_callbacks_never_run_inside_the_call() {
     })
     .unwrap();
     run_until(&mut lp, LIMIT, || ran.get() == 2);
-    assert!(matches!(
-        TcpListener::bind(&mut lp, addr).map(|_| ()),
-        Err(Error::Io(_))
-    ), "binding a port in use is an I/O error");
+    assert!(
+        matches!(
+            TcpListener::bind(&mut lp, addr).map(|_| ()),
+            Err(Error::Io(_))
+        ),
+        "binding a port in use is an I/O error"
+    );
     listener.close(&mut lp);
     run_to_end(&mut lp, LIMIT);
 }
@@ -367,8 +400,14 @@ fn write_after_shutdown_is_refused() {
     Tcp::connect(&mut lp, addr, move |lp, tcp, r| {
         r.unwrap();
         tcp.shutdown(lp, |_, _, r| r.unwrap()).unwrap();
-        assert!(matches!(tcp.write(lp, &b"late"[..], |_, _, _| panic!()), Err(Error::InvalidState(_))));
-        assert!(matches!(tcp.shutdown(lp, |_, _, _| panic!()), Err(Error::InvalidState(_))));
+        assert!(matches!(
+            tcp.write(lp, &b"late"[..], |_, _, _| panic!()),
+            Err(Error::InvalidState(_))
+        ));
+        assert!(matches!(
+            tcp.shutdown(lp, |_, _, _| panic!()),
+            Err(Error::InvalidState(_))
+        ));
         c.set(true);
         tcp.close(lp, |_, _| {});
     })
@@ -423,13 +462,17 @@ fn stop_and_restart_reading_inside_the_read_callback_loses_nothing() {
     let got = Rc::new(RefCell::new(Vec::with_capacity(TOTAL)));
     let eof = Rc::new(Cell::new(false));
 
-    fn reader(got: Rc<RefCell<Vec<u8>>>, eof: Rc<Cell<bool>>) -> impl FnMut(&mut Loop, Tcp, biotls::ReadResult) {
+    fn reader(
+        got: Rc<RefCell<Vec<u8>>>,
+        eof: Rc<Cell<bool>>,
+    ) -> impl FnMut(&mut Loop, Tcp, biotls::ReadResult) {
         move |lp, tcp, r| match r.unwrap() {
             Some(b) => {
                 got.borrow_mut().extend_from_slice(&b);
                 // Stop, then restart with a fresh callback, every time.
                 tcp.stop_read(lp).unwrap();
-                tcp.start_read(lp, reader(got.clone(), eof.clone())).unwrap();
+                tcp.start_read(lp, reader(got.clone(), eof.clone()))
+                    .unwrap();
             }
             None => {
                 eof.set(true);
@@ -441,7 +484,10 @@ fn stop_and_restart_reading_inside_the_read_callback_loses_nothing() {
     listener
         .listen(&mut lp, move |lp, l, accepted| {
             l.close(lp);
-            accepted.unwrap().start_read(lp, reader(g.clone(), e.clone())).unwrap();
+            accepted
+                .unwrap()
+                .start_read(lp, reader(g.clone(), e.clone()))
+                .unwrap();
         })
         .unwrap();
     let writer = std::thread::spawn(move || {
@@ -472,7 +518,8 @@ fn writing_to_another_handle_inside_a_read_callback() {
                     Some(b) => to.write(lp, b, |_, _, r| r.unwrap()).unwrap(),
                     None => {
                         from.close(lp, |_, _| {});
-                        to.shutdown(lp, |lp, to, _| to.close(lp, |_, _| {})).unwrap();
+                        to.shutdown(lp, |lp, to, _| to.close(lp, |_, _| {}))
+                            .unwrap();
                     }
                 })
                 .unwrap();
@@ -512,15 +559,24 @@ fn timers_fire_in_deadline_order_and_repeat_until_stopped() {
     let ticks = Rc::new(Cell::new(0));
     let tk = ticks.clone();
     let rep = Timer::new(&mut lp).unwrap();
-    rep.start(&mut lp, Duration::from_millis(5), Some(Duration::from_millis(5)), move |lp, t| {
-        tk.set(tk.get() + 1);
-        if tk.get() == 3 {
-            t.stop(lp).unwrap();
-        }
-    })
+    rep.start(
+        &mut lp,
+        Duration::from_millis(5),
+        Some(Duration::from_millis(5)),
+        move |lp, t| {
+            tk.set(tk.get() + 1);
+            if tk.get() == 3 {
+                t.stop(lp).unwrap();
+            }
+        },
+    )
     .unwrap();
     let stopped = Timer::new(&mut lp).unwrap();
-    stopped.start(&mut lp, Duration::from_millis(1), None, |_, _| panic!("a stopped timer fired")).unwrap();
+    stopped
+        .start(&mut lp, Duration::from_millis(1), None, |_, _| {
+            panic!("a stopped timer fired")
+        })
+        .unwrap();
     stopped.stop(&mut lp).unwrap();
     run_to_end(&mut lp, LIMIT);
     assert_eq!(*order.borrow(), ["a", "a2", "b", "c"]);
@@ -531,7 +587,10 @@ fn timers_fire_in_deadline_order_and_repeat_until_stopped() {
 fn unref_handles_do_not_keep_run_alive() {
     let mut lp = Loop::new().unwrap();
     let t = Timer::new(&mut lp).unwrap();
-    t.start(&mut lp, Duration::from_secs(3600), None, |_, _| panic!("fired")).unwrap();
+    t.start(&mut lp, Duration::from_secs(3600), None, |_, _| {
+        panic!("fired")
+    })
+    .unwrap();
     t.unref(&mut lp).unwrap();
     let listener = TcpListener::bind(&mut lp, "127.0.0.1:0".parse().unwrap()).unwrap();
     listener.listen(&mut lp, |_, _, _| {}).unwrap();
@@ -564,9 +623,17 @@ fn async_handle_wakes_the_loop_from_another_thread() {
 fn stop_makes_run_return() {
     let mut lp = Loop::new().unwrap();
     let t = Timer::new(&mut lp).unwrap();
-    t.start(&mut lp, Duration::from_millis(5), Some(Duration::from_millis(5)), |lp, _| lp.stop())
-        .unwrap();
-    assert!(lp.run().unwrap(), "stopped with the repeating timer still active");
+    t.start(
+        &mut lp,
+        Duration::from_millis(5),
+        Some(Duration::from_millis(5)),
+        |lp, _| lp.stop(),
+    )
+    .unwrap();
+    assert!(
+        lp.run().unwrap(),
+        "stopped with the repeating timer still active"
+    );
     t.close(&mut lp);
     assert!(!lp.run().unwrap());
 }

@@ -1,5 +1,8 @@
-//! TLS: configuration, the sans-I/O session, and (later) the `Tls` handle.
+//! TLS: configuration ([`TlsAcceptor`], [`TlsConnector`]), the sans-I/O [`TlsSession`],
+//! and the [`Tls`] stream handle that pumps a session over any inner [`Stream`](crate::Stream).
 mod config;
+mod handle;
 mod session;
 pub use config::{TlsAcceptor, TlsAcceptorBuilder, TlsConnector, TlsConnectorBuilder};
+pub use handle::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
 pub use session::{ReadOutcome, SessionInfo, TlsSession};

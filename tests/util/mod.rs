@@ -10,10 +10,18 @@ use biotls::{Loop, Timer};
 pub fn run_until(lp: &mut Loop, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     let tick = Timer::new(lp).unwrap();
-    tick.start(lp, Duration::from_millis(10), Some(Duration::from_millis(10)), |_, _| {})
-        .unwrap();
+    tick.start(
+        lp,
+        Duration::from_millis(10),
+        Some(Duration::from_millis(10)),
+        |_, _| {},
+    )
+    .unwrap();
     while !done() {
-        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {limit:?}"
+        );
         lp.run_once().unwrap();
     }
     tick.close(lp);

@@ -1,0 +1,875 @@
+//! The `Tls` handle: a [`TlsSession`] pumped over any inner [`Stream`].
+//!
+//! It owns the session, the plaintext not yet encrypted and the user's callbacks; the
+//! inner stream owns the transport. It talks to the inner stream only through the
+//! `Stream` trait, so it runs over TCP, a Unix socket or another `Tls`.
+//!
+//! One function, [`pump`], moves everything: it advances the handshake, encrypts queued
+//! plaintext, hands new ciphertext to the inner stream as one write, decrypts and
+//! delivers plaintext, and turns inner reading on or off. It is re-entrancy guarded: a
+//! user callback that calls back into the handle (a write from the read callback) only
+//! marks the pump to go round once more. User callbacks run only from pumps started by
+//! the loop (inner stream events, deferred pumps), never inside a user's call.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use openssl::ssl::SslRef;
+use openssl::x509::X509;
+
+use super::config::{TlsAcceptor, TlsConnector};
+use super::session::{ReadOutcome, SessionInfo, TlsSession};
+use crate::error::{Error, Result};
+use crate::event_loop::{DoneCb, Loop};
+use crate::handle::{RawId, State};
+use crate::stream::{ReadResult, Stream};
+use crate::tcp::Tcp;
+use crate::timer::Timer;
+
+/// Default time allowed for a handshake before the handle fails with
+/// [`Error::TimedOut`]`("TLS handshake")`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Plaintext gathered into one record from small writes.
+const RECORD: usize = 16 * 1024;
+/// Plaintext delivered to the read callback in one call, at most.
+const DELIVER_CHUNK: usize = 64 * 1024;
+/// Room reserved in the per-loop plaintext buffer when it runs low.
+const PLAIN_CHUNK: usize = 64 * 1024;
+
+type ReadCb<S> = Box<dyn FnMut(&mut Loop, Tls<S>, ReadResult)>;
+type HandshakeCb<S> = Box<dyn FnOnce(&mut Loop, Tls<S>, Result<()>)>;
+
+/// A TLS stream handle over an inner [`Stream`] (by default [`Tcp`]). Implements
+/// [`Stream`] with the same semantics as [`Tcp`].
+///
+/// The handshake starts as soon as the handle exists, whether or not reading was
+/// started; writes made before it completes are queued and encrypted after it. Its
+/// outcome goes to the optional [`on_handshake`](Tls::on_handshake) callback; a failure
+/// then goes to the read callback (if reading), and queued writes fail with it.
+///
+/// End of stream: the peer's close_notify is a clean EOF (`Ok(None)`); a transport EOF
+/// without it, after the handshake, is [`Error::Truncated`]; during the handshake it is
+/// [`Error::Handshake`]. Plaintext decrypted before either is always delivered first.
+///
+/// # Examples
+/// ```no_run
+/// use biotls::tls::{Tls, TlsConnector};
+/// use biotls::{Loop, Stream, Tcp};
+///
+/// let mut lp = Loop::new()?;
+/// let connector = TlsConnector::builder()?.ca_file("certs/ca.pem")?.build();
+/// let tcp = Tcp::connect(&mut lp, "127.0.0.1:4433".parse().unwrap(), |_, _, r| {
+///     if let Err(e) = r { eprintln!("connect: {e}"); }
+/// })?;
+/// let tls = Tls::client(&mut lp, tcp, &connector, "localhost")?;
+/// tls.write(&mut lp, &b"hello\n"[..], |_, _, _| {})?;
+/// tls.start_read(&mut lp, |lp, tls, r| match r {
+///     Ok(Some(data)) => print!("{}", String::from_utf8_lossy(&data)),
+///     _ => tls.close(lp, |_, _| {}),
+/// })?;
+/// lp.run()?;
+/// # Ok::<(), biotls::Error>(())
+/// ```
+pub struct Tls<S: Stream = Tcp>(pub(crate) RawId, PhantomData<fn() -> S>);
+
+impl<S: Stream> Clone for Tls<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S: Stream> Copy for Tls<S> {}
+impl<S: Stream> PartialEq for Tls<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<S: Stream> Eq for Tls<S> {}
+impl<S: Stream> std::hash::Hash for Tls<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+impl<S: Stream> fmt::Debug for Tls<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tls{:?}", self.0)
+    }
+}
+impl<S: Stream> fmt::Display for Tls<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tls{}", self.0)
+    }
+}
+
+struct WriteReq {
+    /// Plaintext offset of the request's last byte.
+    plain_end: u64,
+    /// Ciphertext offset of the record that carries its last byte, once encrypted.
+    cipher_end: Option<u64>,
+    cb: DoneCb,
+}
+
+enum ShutdownState {
+    Open,
+    /// Requested; runs after the handshake and the queued writes.
+    Pending(DoneCb),
+    /// close_notify queued and the inner stream's shutdown requested.
+    Sent,
+}
+
+struct TlsState<S: Stream> {
+    inner: S,
+    session: TlsSession,
+    read_cb: Option<ReadCb<S>>,
+    reading: bool,
+    read_epoch: u64,
+    handshake_cb: Option<HandshakeCb<S>>,
+    /// The handshake completed and its callback has yet to run.
+    handshake_to_report: bool,
+    handshake_timer: Option<Timer>,
+    /// Plaintext accepted by `write` and not yet encrypted.
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+    plain_queued: u64,
+    plain_encrypted: u64,
+    reqs: VecDeque<WriteReq>,
+    /// Ciphertext handed to the inner stream, and ciphertext it reported written.
+    cipher_sent: u64,
+    cipher_acked: u64,
+    shutdown: ShutdownState,
+    inner_reading: bool,
+    inner_eof: bool,
+    /// A clean EOF or an error was delivered: the read side is finished.
+    read_finished: bool,
+    failed: Option<Error>,
+    failure_reported: bool,
+    pumping: bool,
+    pump_again: bool,
+}
+
+fn st<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
+    match lp.slot_mut(id).map(|s| &mut s.state) {
+        Some(State::Any(any)) => any.downcast_mut::<TlsState<S>>(),
+        _ => None,
+    }
+}
+
+fn st_ref<S: Stream>(lp: &Loop, id: RawId) -> Option<&TlsState<S>> {
+    match lp.slot(id).map(|s| &s.state) {
+        Some(State::Any(any)) => any.downcast_ref::<TlsState<S>>(),
+        _ => None,
+    }
+}
+
+impl<S: Stream> Tls<S> {
+    /// Wraps `inner` as the server side of a TLS connection.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if OpenSSL cannot create the session; [`Error::Closed`] if
+    /// `inner` is closed.
+    pub fn server(lp: &mut Loop, inner: S, acceptor: &TlsAcceptor) -> Result<Tls<S>> {
+        Tls::with_session(lp, inner, TlsSession::server(acceptor)?)
+    }
+
+    /// Wraps `inner` as the client side of a TLS connection to `server_name`, which is
+    /// sent as SNI (unless it is an IP address) and verified against the certificate.
+    ///
+    /// # Errors
+    /// As [`server`](Tls::server).
+    pub fn client(
+        lp: &mut Loop,
+        inner: S,
+        connector: &TlsConnector,
+        server_name: &str,
+    ) -> Result<Tls<S>> {
+        Tls::with_session(lp, inner, TlsSession::client(connector, server_name)?)
+    }
+
+    /// Wraps `inner` with a session made by hand (for per-connection `SslRef` settings,
+    /// see [`TlsSession::server_with`] and [`TlsSession::client_with`]).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if `inner` is closed.
+    pub fn with_session(lp: &mut Loop, inner: S, session: TlsSession) -> Result<Tls<S>> {
+        if !inner.is_open(lp) {
+            return Err(Error::Closed);
+        }
+        let state = TlsState {
+            inner,
+            session,
+            read_cb: None,
+            reading: false,
+            read_epoch: 0,
+            handshake_cb: None,
+            handshake_to_report: false,
+            handshake_timer: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            plain_queued: 0,
+            plain_encrypted: 0,
+            reqs: VecDeque::new(),
+            cipher_sent: 0,
+            cipher_acked: 0,
+            shutdown: ShutdownState::Open,
+            inner_reading: false,
+            inner_eof: false,
+            read_finished: false,
+            failed: None,
+            failure_reported: false,
+            pumping: false,
+            pump_again: false,
+        };
+        let id = lp.insert(State::Any(Box::new(state)));
+        let tls = Tls(id, PhantomData);
+        tls.set_handshake_timeout(lp, Some(DEFAULT_HANDSHAKE_TIMEOUT))?;
+        // Start the handshake from the loop: a client's ClientHello goes out, a server
+        // starts reading for the peer's.
+        lp.defer(move |lp| pump::<S>(lp, id, true));
+        Ok(tls)
+    }
+
+    /// Sets the callback that receives the handshake's outcome (once).
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn on_handshake(
+        self,
+        lp: &mut Loop,
+        cb: impl FnOnce(&mut Loop, Tls<S>, Result<()>) + 'static,
+    ) -> Result<()> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        t.handshake_cb = Some(Box::new(cb));
+        Ok(())
+    }
+
+    /// Fails the handshake with [`Error::TimedOut`]`("TLS handshake")` if it has not
+    /// completed within `timeout` from now (`None`: no limit). The default is
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn set_handshake_timeout(self, lp: &mut Loop, timeout: Option<Duration>) -> Result<()> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        let done = t.session.is_handshake_complete();
+        let old = t.handshake_timer.take();
+        if let Some(old) = old {
+            old.close(lp);
+        }
+        let (Some(timeout), false) = (timeout, done) else {
+            return Ok(());
+        };
+        let timer = Timer::new(lp)?;
+        timer.unref(lp)?;
+        let id = self.0;
+        timer.start(lp, timeout, None, move |lp, timer| {
+            timer.close(lp);
+            if let Some(t) = st::<S>(lp, id) {
+                t.handshake_timer = None;
+                if !t.session.is_handshake_complete() && t.failed.is_none() {
+                    t.failed = Some(Error::TimedOut("TLS handshake"));
+                    pump::<S>(lp, id, true);
+                }
+            }
+        })?;
+        if let Some(t) = st::<S>(lp, self.0) {
+            t.handshake_timer = Some(timer);
+        }
+        Ok(())
+    }
+
+    /// Whether the handshake has completed.
+    pub fn is_handshake_complete(self, lp: &Loop) -> bool {
+        st_ref::<S>(lp, self.0).is_some_and(|t| t.session.is_handshake_complete())
+    }
+
+    /// What was negotiated: protocol version, cipher, ALPN protocol, SNI name.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn info(self, lp: &Loop) -> Result<SessionInfo> {
+        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.session.info())
+    }
+
+    /// The peer's certificate, once the handshake has received it.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn peer_certificate(self, lp: &Loop) -> Result<Option<X509>> {
+        Ok(st_ref::<S>(lp, self.0)
+            .ok_or(Error::Closed)?
+            .session
+            .peer_certificate())
+    }
+
+    /// The peer's certificate chain as sent by the peer.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn peer_cert_chain(self, lp: &Loop) -> Result<Option<Vec<X509>>> {
+        Ok(st_ref::<S>(lp, self.0)
+            .ok_or(Error::Closed)?
+            .session
+            .peer_cert_chain())
+    }
+
+    /// Escape hatch: OpenSSL's view of the connection.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn ssl(self, lp: &Loop) -> Result<&SslRef> {
+        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.session.ssl())
+    }
+
+    /// The inner stream handle.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn inner(self, lp: &Loop) -> Result<S> {
+        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.inner)
+    }
+
+    fn queue_write(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: DoneCb) -> Result<()> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if !matches!(t.shutdown, ShutdownState::Open) {
+            return Err(Error::InvalidState("write after shutdown"));
+        }
+        if let Some(e) = &t.failed {
+            return Err(e.clone());
+        }
+        for b in bufs {
+            if !b.is_empty() {
+                t.pending_bytes += b.len();
+                t.plain_queued += b.len() as u64;
+                t.pending.push_back(b);
+            }
+        }
+        let plain_end = t.plain_queued;
+        t.reqs.push_back(WriteReq {
+            plain_end,
+            cipher_end: None,
+            cb,
+        });
+        pump::<S>(lp, self.0, false);
+        Ok(())
+    }
+}
+
+impl<S: Stream> Stream for Tls<S> {
+    fn start_read<F>(self, lp: &mut Loop, cb: F) -> Result<()>
+    where
+        F: FnMut(&mut Loop, Self, ReadResult) + 'static,
+    {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        t.read_cb = Some(Box::new(cb));
+        t.reading = true;
+        t.read_epoch += 1;
+        t.read_finished = false;
+        let id = self.0;
+        // Plaintext or an EOF may already be buffered: deliver it from the loop.
+        lp.defer(move |lp| pump::<S>(lp, id, true));
+        Ok(())
+    }
+
+    fn stop_read(self, lp: &mut Loop) -> Result<()> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        t.read_cb = None;
+        t.reading = false;
+        t.read_epoch += 1;
+        update_inner_reading::<S>(lp, self.0);
+        Ok(())
+    }
+
+    fn write<F>(self, lp: &mut Loop, data: impl Into<Bytes>, cb: F) -> Result<()>
+    where
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
+    {
+        self.queue_write(
+            lp,
+            vec![data.into()],
+            Box::new(move |lp, r| cb(lp, self, r)),
+        )
+    }
+
+    fn write_vectored<F>(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: F) -> Result<()>
+    where
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
+    {
+        self.queue_write(lp, bufs, Box::new(move |lp, r| cb(lp, self, r)))
+    }
+
+    fn try_write(self, lp: &mut Loop, data: &[u8]) -> Result<usize> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if !matches!(t.shutdown, ShutdownState::Open) {
+            return Err(Error::InvalidState("write after shutdown"));
+        }
+        if let Some(e) = &t.failed {
+            return Err(e.clone());
+        }
+        let inner = t.inner;
+        if !t.session.is_handshake_complete()
+            || !t.pending.is_empty()
+            || inner.write_queue_size(lp) > 0
+        {
+            return Ok(0);
+        }
+        // The transport is idle: encrypt all of `data` now; it leaves with the next flush.
+        let taken = match st::<S>(lp, self.0) {
+            Some(t) => {
+                let mut off = 0;
+                while off < data.len() {
+                    match t.session.write(&data[off..]) {
+                        Ok(0) => break,
+                        Ok(n) => off += n,
+                        Err(e) => return Err(e),
+                    }
+                }
+                t.plain_queued += off as u64;
+                t.plain_encrypted += off as u64;
+                off
+            }
+            None => 0,
+        };
+        flush_ciphertext::<S>(lp, self.0);
+        Ok(taken)
+    }
+
+    fn shutdown<F>(self, lp: &mut Loop, cb: F) -> Result<()>
+    where
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
+    {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if !matches!(t.shutdown, ShutdownState::Open) {
+            return Err(Error::InvalidState("already shut down"));
+        }
+        if let Some(e) = &t.failed {
+            return Err(e.clone());
+        }
+        t.shutdown = ShutdownState::Pending(Box::new(move |lp, r| cb(lp, self, r)));
+        pump::<S>(lp, self.0, false);
+        Ok(())
+    }
+
+    fn close<F>(self, lp: &mut Loop, cb: F)
+    where
+        F: FnOnce(&mut Loop, Self) + 'static,
+    {
+        let Some(State::Any(any)) = lp.remove(self.0) else {
+            return;
+        };
+        let Ok(mut t) = any.downcast::<TlsState<S>>() else {
+            return;
+        };
+        if let Some(timer) = t.handshake_timer.take() {
+            timer.close(lp);
+        }
+        // The inner stream's own queued writes are cancelled; their callbacks find this
+        // handle gone and do nothing.
+        t.inner.close(lp, |_, _| {});
+        for req in t.reqs.drain(..) {
+            lp.complete(req.cb, Err(Error::Cancelled));
+        }
+        if let ShutdownState::Pending(cb) = std::mem::replace(&mut t.shutdown, ShutdownState::Sent)
+        {
+            lp.complete(cb, Err(Error::Cancelled));
+        }
+        if let Some(hs) = t.handshake_cb.take() {
+            lp.defer(move |lp| hs(lp, self, Err(Error::Cancelled)));
+        }
+        lp.defer(move |lp| cb(lp, self));
+    }
+
+    fn write_queue_size(self, lp: &Loop) -> usize {
+        st_ref::<S>(lp, self.0).map_or(0, |t| {
+            t.pending_bytes + t.session.buffered_ciphertext_out() + t.inner.write_queue_size(lp)
+        })
+    }
+
+    fn is_open(self, lp: &Loop) -> bool {
+        st_ref::<S>(lp, self.0).is_some()
+    }
+}
+
+/// Runs [`progress`] until nothing asked for another round. `from_loop` is true when
+/// called from the loop (inner events, deferred pumps): only then may user callbacks run.
+fn pump<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
+    {
+        let Some(t) = st::<S>(lp, id) else { return };
+        if t.pumping {
+            t.pump_again = true;
+            if from_loop {
+                // The running pump may be a user call's, which delivers nothing.
+                lp.defer(move |lp| pump::<S>(lp, id, true));
+            }
+            return;
+        }
+        t.pumping = true;
+    }
+    loop {
+        progress::<S>(lp, id, from_loop);
+        let Some(t) = st::<S>(lp, id) else { return };
+        if !t.pump_again {
+            t.pumping = false;
+            return;
+        }
+        t.pump_again = false;
+    }
+}
+
+fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.failed.is_none() && !t.session.is_handshake_complete() {
+        match t.session.handshake() {
+            Ok(true) => {
+                t.handshake_to_report = true;
+                if let Some(timer) = t.handshake_timer.take() {
+                    timer.close(lp);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => t.failed = Some(e),
+        }
+    }
+    if let Err(e) = encrypt::<S>(lp, id)
+        && let Some(t) = st::<S>(lp, id)
+    {
+        t.failed.get_or_insert(e);
+    }
+    // Handshake messages, alerts (also those of a failure), records, close_notify.
+    flush_ciphertext::<S>(lp, id);
+    complete_acked::<S>(lp, id, false);
+    update_inner_reading::<S>(lp, id);
+    if !from_loop {
+        if st::<S>(lp, id).is_some_and(|t| t.failed.is_some() && !t.failure_reported) {
+            lp.defer(move |lp| pump::<S>(lp, id, true));
+        }
+        return;
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.failed.is_some() {
+        report_failure::<S>(lp, id);
+        return;
+    }
+    if t.handshake_to_report {
+        t.handshake_to_report = false;
+        if let Some(cb) = t.handshake_cb.take() {
+            cb(lp, Tls(id, PhantomData), Ok(()));
+        }
+    }
+    deliver::<S>(lp, id);
+}
+
+/// Encrypts queued plaintext (after the handshake), gathering small writes into records
+/// of up to 16 KiB, and queues close_notify once a requested shutdown's writes are in.
+fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
+    let Some(t) = st::<S>(lp, id) else {
+        return Ok(());
+    };
+    if t.failed.is_some() || !t.session.is_handshake_complete() {
+        return Ok(());
+    }
+    let mut stage: Vec<u8> = Vec::new();
+    while let Some(front_len) = t.pending.front().map(Bytes::len) {
+        let n = if front_len >= RECORD || t.pending.len() == 1 {
+            let Some(front) = t.pending.front_mut() else {
+                break;
+            };
+            let n = t.session.write(front)?;
+            front.advance(n);
+            if front.is_empty() {
+                t.pending.pop_front();
+            }
+            n
+        } else {
+            // Several small buffers: one record instead of one each.
+            stage.clear();
+            stage.reserve(RECORD);
+            while stage.len() < RECORD {
+                let Some(b) = t.pending.front_mut() else {
+                    break;
+                };
+                let take = b.len().min(RECORD - stage.len());
+                stage.extend_from_slice(&b[..take]);
+                b.advance(take);
+                if b.is_empty() {
+                    t.pending.pop_front();
+                }
+            }
+            let mut off = 0;
+            while off < stage.len() {
+                match t.session.write(&stage[off..])? {
+                    0 => return Err(Error::Tls("TLS write made no progress".into())),
+                    n => off += n,
+                }
+            }
+            off
+        };
+        if n == 0 {
+            return Err(Error::Tls("TLS write made no progress".into()));
+        }
+        t.pending_bytes -= n;
+        t.plain_encrypted += n as u64;
+        let cipher_now = t.cipher_sent + t.session.buffered_ciphertext_out() as u64;
+        for req in t.reqs.iter_mut().filter(|r| r.cipher_end.is_none()) {
+            if req.plain_end > t.plain_encrypted {
+                break;
+            }
+            req.cipher_end = Some(cipher_now);
+        }
+    }
+    // Zero-length writes and writes already encrypted but not yet marked.
+    let cipher_now = t.cipher_sent + t.session.buffered_ciphertext_out() as u64;
+    for req in t.reqs.iter_mut().filter(|r| r.cipher_end.is_none()) {
+        if req.plain_end > t.plain_encrypted {
+            break;
+        }
+        req.cipher_end = Some(cipher_now);
+    }
+    if t.pending.is_empty() && matches!(t.shutdown, ShutdownState::Pending(_)) {
+        t.session.shutdown()?;
+    }
+    Ok(())
+}
+
+/// Hands all ciphertext the session produced to the inner stream as one write, and
+/// performs a requested shutdown after its close_notify.
+fn flush_ciphertext<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    let inner = t.inner;
+    if let Some(data) = t.session.take_ciphertext() {
+        t.cipher_sent += data.len() as u64;
+        let end = t.cipher_sent;
+        let queued = inner.write(lp, data, move |lp, _, r| {
+            on_inner_written::<S>(lp, id, end, r)
+        });
+        if let Err(e) = queued
+            && let Some(t) = st::<S>(lp, id)
+        {
+            t.failed.get_or_insert(e);
+        }
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.session.is_shutdown_sent()
+        && matches!(t.shutdown, ShutdownState::Pending(_))
+        && let ShutdownState::Pending(cb) = std::mem::replace(&mut t.shutdown, ShutdownState::Sent)
+    {
+        // The inner shutdown waits for the close_notify write queued above.
+        let shut = inner.shutdown(lp, move |lp, _, r| cb(lp, r));
+        if let Err(e) = shut
+            && let Some(t) = st::<S>(lp, id)
+        {
+            t.failed.get_or_insert(e);
+        }
+    }
+}
+
+fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    match r {
+        Ok(()) => {
+            t.cipher_acked = t.cipher_acked.max(end);
+            complete_acked::<S>(lp, id, true);
+        }
+        Err(e) => {
+            t.failed.get_or_insert(e);
+            pump::<S>(lp, id, true);
+        }
+    }
+}
+
+/// Completes the write requests whose last ciphertext byte the inner stream wrote.
+/// `direct`: called from the loop, so callbacks may run now instead of being deferred.
+fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
+    loop {
+        let Some(t) = st::<S>(lp, id) else { return };
+        let acked = t.cipher_acked;
+        if t.reqs
+            .front()
+            .is_none_or(|r| r.cipher_end.is_none_or(|end| end > acked))
+        {
+            return;
+        }
+        let Some(req) = t.reqs.pop_front() else {
+            return;
+        };
+        if direct {
+            (req.cb)(lp, Ok(()));
+        } else {
+            lp.complete(req.cb, Ok(()));
+        }
+    }
+}
+
+/// Reads the inner stream while the handshake needs input or the user is reading.
+fn update_inner_reading<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    let want = t.failed.is_none()
+        && !t.inner_eof
+        && (!t.session.is_handshake_complete() || (t.reading && !t.read_finished));
+    if want == t.inner_reading {
+        return;
+    }
+    t.inner_reading = want;
+    let inner = t.inner;
+    let result = if want {
+        inner.start_read(lp, move |lp, _, r| on_inner_read::<S>(lp, id, r))
+    } else {
+        inner.stop_read(lp)
+    };
+    if let Err(e) = result
+        && let Some(t) = st::<S>(lp, id)
+    {
+        t.failed.get_or_insert(e);
+    }
+}
+
+fn on_inner_read<S: Stream>(lp: &mut Loop, id: RawId, r: ReadResult) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    match r {
+        Ok(Some(data)) => t.session.feed_ciphertext(data),
+        Ok(None) => {
+            t.inner_eof = true;
+            t.inner_reading = false;
+            t.session.feed_eof();
+            if !t.session.is_handshake_complete() {
+                // Let the session name it ("unexpected eof while reading").
+                if let Err(e) = t.session.handshake() {
+                    t.failed.get_or_insert(e);
+                }
+            }
+        }
+        Err(e) => {
+            t.inner_reading = false;
+            t.failed.get_or_insert(e);
+        }
+    }
+    pump::<S>(lp, id, true);
+}
+
+/// Decrypts and delivers plaintext, then a clean EOF or the error that ended reading.
+fn deliver<S: Stream>(lp: &mut Loop, id: RawId) {
+    loop {
+        let Some(t) = st::<S>(lp, id) else { return };
+        if !t.reading || t.read_finished || !t.session.is_handshake_complete() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut lp.plain_buf);
+        let Some(t) = st::<S>(lp, id) else { return };
+        enum End {
+            More,
+            WantRead,
+            Eof,
+            Failed(Error),
+        }
+        let mut end = End::More;
+        while buf.len() < DELIVER_CHUNK {
+            if buf.capacity() - buf.len() < RECORD {
+                buf.reserve(PLAIN_CHUNK);
+            }
+            match t.session.read(&mut buf) {
+                Ok(ReadOutcome::Data(_)) => {}
+                Ok(ReadOutcome::WantRead) => {
+                    end = End::WantRead;
+                    break;
+                }
+                Ok(ReadOutcome::Eof) => {
+                    end = End::Eof;
+                    break;
+                }
+                Err(e) => {
+                    end = End::Failed(e);
+                    break;
+                }
+            }
+        }
+        // Decrypting may have produced output (a KeyUpdate reply, an alert).
+        let data = buf.split().freeze();
+        lp.plain_buf = buf;
+        flush_ciphertext::<S>(lp, id);
+        if !data.is_empty() && !call_read::<S>(lp, id, Ok(Some(data))) {
+            return;
+        }
+        match end {
+            End::More => continue,   // more plaintext may be waiting
+            End::WantRead => return, // the session wants more ciphertext
+            End::Eof => {
+                if let Some(t) = st::<S>(lp, id) {
+                    t.read_finished = true;
+                }
+                update_inner_reading::<S>(lp, id);
+                call_read::<S>(lp, id, Ok(None));
+                return;
+            }
+            End::Failed(e) => {
+                if let Some(t) = st::<S>(lp, id) {
+                    t.failed.get_or_insert(e);
+                }
+                report_failure::<S>(lp, id);
+                return;
+            }
+        }
+    }
+}
+
+/// Calls the read callback; returns whether reading goes on with the same callback.
+fn call_read<S: Stream>(lp: &mut Loop, id: RawId, r: ReadResult) -> bool {
+    let Some(t) = st::<S>(lp, id) else {
+        return false;
+    };
+    let epoch = t.read_epoch;
+    let finished = !matches!(r, Ok(Some(_)));
+    if finished {
+        t.reading = false;
+        t.read_finished = true;
+        t.read_epoch += 1;
+    }
+    let Some(mut cb) = t.read_cb.take() else {
+        return false;
+    };
+    cb(lp, Tls(id, PhantomData), r);
+    match st::<S>(lp, id) {
+        Some(t) if !finished && t.read_epoch == epoch && t.read_cb.is_none() => {
+            t.read_cb = Some(cb);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Reports a failure once: plaintext already decrypted first, then the handshake
+/// callback, then the read callback (if reading); queued writes fail with the error.
+fn report_failure<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.failure_reported {
+        return;
+    }
+    t.failure_reported = true;
+    let Some(err) = t.failed.clone() else { return };
+    if let Some(timer) = t.handshake_timer.take() {
+        timer.close(lp);
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    let reqs: Vec<_> = t.reqs.drain(..).collect();
+    let shutdown = match std::mem::replace(&mut t.shutdown, ShutdownState::Sent) {
+        ShutdownState::Pending(cb) => Some(cb),
+        other => {
+            t.shutdown = other;
+            None
+        }
+    };
+    let hs = t.handshake_cb.take();
+    update_inner_reading::<S>(lp, id);
+    for req in reqs {
+        lp.complete(req.cb, Err(err.clone()));
+    }
+    if let Some(cb) = shutdown {
+        lp.complete(cb, Err(err.clone()));
+    }
+    if let Some(hs) = hs {
+        hs(lp, Tls(id, PhantomData), Err(err.clone()));
+    }
+    if st::<S>(lp, id).is_some_and(|t| t.reading && !t.read_finished) {
+        call_read::<S>(lp, id, Err(err));
+    }
+}
