@@ -545,3 +545,45 @@ fn tls_inside_tls_runs_over_the_stream_trait_alone() {
     assert_eq!(&got.borrow()[..], &data[..]);
     run_to_end(&mut lp, LIMIT);
 }
+
+#[test]
+fn a_write_already_handed_to_the_transport_succeeds_even_if_closed_right_after() {
+    let pki = pki();
+    let mut lp = Loop::new().unwrap();
+    let (listener, addr) = tls_echo_server(&mut lp, pki.acceptor().unwrap(), |_, _| {});
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let tcp = Tcp::connect(&mut lp, addr, |_, _, _| {}).unwrap();
+    let tls = Tls::client(&mut lp, tcp, &pki.connector().unwrap(), "localhost").unwrap();
+    let ready = Rc::new(Cell::new(false));
+    let r = ready.clone();
+    tls.on_handshake(&mut lp, move |_, _, res| {
+        res.unwrap();
+        r.set(true);
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || ready.get());
+    // The socket is idle: the record goes to the kernel inside this write call, and its
+    // callback is queued with success before `close` runs.
+    let o = order.clone();
+    tls.write(&mut lp, &b"sent"[..], move |_, _, r| {
+        o.borrow_mut().push(format!("first {r:?}"))
+    })
+    .unwrap();
+    assert_eq!(
+        tls.write_queue_size(&lp),
+        0,
+        "the ciphertext was written at once"
+    );
+    let o = order.clone();
+    tls.close(&mut lp, move |_, _| o.borrow_mut().push("close".into()));
+    assert!(matches!(
+        tls.write(&mut lp, &b"late"[..], |_, _, _| panic!(
+            "refused write's callback ran"
+        )),
+        Err(Error::Closed)
+    ));
+    run_until(&mut lp, LIMIT, || order.borrow().len() == 2);
+    assert_eq!(*order.borrow(), ["first Ok(())", "close"]);
+    listener.close(&mut lp);
+    run_to_end(&mut lp, LIMIT);
+}

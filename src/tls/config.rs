@@ -149,7 +149,11 @@ impl TlsAcceptor {
         let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
             .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
         set_identity(&mut builder, chain_pem, key_pem)?;
-        builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        builder.set_mode(
+            SslMode::ENABLE_PARTIAL_WRITE
+                | SslMode::ACCEPT_MOVING_WRITE_BUFFER
+                | SslMode::RELEASE_BUFFERS,
+        );
         builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
         builder
             .set_session_id_context(SESSION_ID_CONTEXT)
@@ -270,7 +274,11 @@ impl TlsConnector {
         ctx.set_cert_store(store.build());
         ctx.set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(|e| Error::Config(format!("TLS client context: {}", stack_message(&e))))?;
-        ctx.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        ctx.set_mode(
+            SslMode::ENABLE_PARTIAL_WRITE
+                | SslMode::ACCEPT_MOVING_WRITE_BUFFER
+                | SslMode::RELEASE_BUFFERS,
+        );
         ctx.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
         Ok(TlsConnectorBuilder {
             ctx,

@@ -40,6 +40,7 @@ const DELIVER_CHUNK: usize = 64 * 1024;
 const PLAIN_CHUNK: usize = 64 * 1024;
 
 type ReadCb<S> = Box<dyn FnMut(&mut Loop, Tls<S>, ReadResult)>;
+type CloseCb<S> = Box<dyn FnOnce(&mut Loop, Tls<S>)>;
 type HandshakeCb<S> = Box<dyn FnOnce(&mut Loop, Tls<S>, Result<()>)>;
 
 /// A TLS stream handle over an inner [`Stream`] (by default [`Tcp`]). Implements
@@ -147,9 +148,18 @@ struct TlsState<S: Stream> {
     failure_reported: bool,
     pumping: bool,
     pump_again: bool,
+    /// Set by `close`: the handle is gone for the user, and waits for the inner stream's
+    /// close to settle the writes whose ciphertext it had already taken.
+    closing: Option<CloseCb<S>>,
 }
 
+/// The state of an open handle (not closing).
 fn st<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
+    st_any::<S>(lp, id).filter(|t| t.closing.is_none())
+}
+
+/// The state of an open or closing handle.
+fn st_any<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
     match lp.slot_mut(id).map(|s| &mut s.state) {
         Some(State::Any(any)) => any.downcast_mut::<TlsState<S>>(),
         _ => None,
@@ -158,7 +168,9 @@ fn st<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
 
 fn st_ref<S: Stream>(lp: &Loop, id: RawId) -> Option<&TlsState<S>> {
     match lp.slot(id).map(|s| &s.state) {
-        Some(State::Any(any)) => any.downcast_ref::<TlsState<S>>(),
+        Some(State::Any(any)) => any
+            .downcast_ref::<TlsState<S>>()
+            .filter(|t| t.closing.is_none()),
         _ => None,
     }
 }
@@ -220,6 +232,7 @@ impl<S: Stream> Tls<S> {
             failure_reported: false,
             pumping: false,
             pump_again: false,
+            closing: None,
         };
         let id = lp.insert(State::Any(Box::new(state)));
         let tls = Tls(id, PhantomData);
@@ -455,29 +468,25 @@ impl<S: Stream> Stream for Tls<S> {
     where
         F: FnOnce(&mut Loop, Self) + 'static,
     {
-        let Some(State::Any(any)) = lp.remove(self.0) else {
+        let id = self.0;
+        let Some(t) = st::<S>(lp, id) else {
             return;
         };
-        let Ok(mut t) = any.downcast::<TlsState<S>>() else {
-            return;
-        };
-        if let Some(timer) = t.handshake_timer.take() {
+        t.closing = Some(Box::new(cb));
+        // Writes whose ciphertext the inner stream has taken complete with its outcome
+        // (written: Ok, cancelled by its close: Cancelled); `finish_close` cancels the
+        // rest afterwards, so callbacks keep the order of the writes.
+        let timer = t.handshake_timer.take();
+        let inner = t.inner;
+        if let Some(timer) = timer {
             timer.close(lp);
         }
-        // The inner stream's own queued writes are cancelled; their callbacks find this
-        // handle gone and do nothing.
-        t.inner.close(lp, |_, _| {});
-        for req in t.reqs.drain(..) {
-            lp.complete(req.cb, Err(Error::Cancelled));
+        if inner.is_open(lp) {
+            inner.close(lp, move |lp, _| finish_close::<S>(lp, id));
+        } else {
+            // The user closed the inner stream already: nothing is left to settle.
+            lp.defer(move |lp| finish_close::<S>(lp, id));
         }
-        if let ShutdownState::Pending(cb) = std::mem::replace(&mut t.shutdown, ShutdownState::Sent)
-        {
-            lp.complete(cb, Err(Error::Cancelled));
-        }
-        if let Some(hs) = t.handshake_cb.take() {
-            lp.defer(move |lp| hs(lp, self, Err(Error::Cancelled)));
-        }
-        lp.defer(move |lp| cb(lp, self));
     }
 
     fn write_queue_size(self, lp: &Loop) -> usize {
@@ -569,6 +578,11 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
     if t.failed.is_some() || !t.session.is_handshake_complete() {
         return Ok(());
     }
+    // Room for all of it at once: one allocation instead of a copy per doubling. Each
+    // record adds at most 5 (header) + 1 (content type) + 16 (tag) bytes in TLS 1.3,
+    // 5 + 8 + 16 in TLS 1.2.
+    let records = t.pending_bytes.div_ceil(RECORD);
+    t.session.reserve_ciphertext(t.pending_bytes + records * 32);
     let mut stage: Vec<u8> = Vec::new();
     while let Some(front_len) = t.pending.front().map(Bytes::len) {
         let n = if front_len >= RECORD || t.pending.len() == 1 {
@@ -664,13 +678,38 @@ fn flush_ciphertext<S: Stream>(lp: &mut Loop, id: RawId) {
     }
 }
 
+/// After the inner stream closed (its write callbacks have all run): the writes still
+/// waiting are cancelled, then the close callback runs and the slot is freed.
+fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(State::Any(any)) = lp.remove(id) else {
+        return;
+    };
+    let Ok(mut t) = any.downcast::<TlsState<S>>() else {
+        return;
+    };
+    let tls = Tls(id, PhantomData);
+    if let Some(hs) = t.handshake_cb.take() {
+        hs(lp, tls, Err(Error::Cancelled));
+    }
+    for req in t.reqs.drain(..) {
+        (req.cb)(lp, Err(Error::Cancelled));
+    }
+    if let ShutdownState::Pending(cb) = std::mem::replace(&mut t.shutdown, ShutdownState::Sent) {
+        cb(lp, Err(Error::Cancelled));
+    }
+    if let Some(cb) = t.closing.take() {
+        cb(lp, Tls(id, PhantomData));
+    }
+}
+
 fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>) {
-    let Some(t) = st::<S>(lp, id) else { return };
+    let Some(t) = st_any::<S>(lp, id) else { return };
     match r {
         Ok(()) => {
             t.cipher_acked = t.cipher_acked.max(end);
             complete_acked::<S>(lp, id, true);
         }
+        Err(_) if t.closing.is_some() => {}
         Err(e) => {
             t.failed.get_or_insert(e);
             pump::<S>(lp, id, true);
@@ -682,7 +721,7 @@ fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>
 /// `direct`: called from the loop, so callbacks may run now instead of being deferred.
 fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
     loop {
-        let Some(t) = st::<S>(lp, id) else { return };
+        let Some(t) = st_any::<S>(lp, id) else { return };
         let acked = t.cipher_acked;
         if t.reqs
             .front()

@@ -311,8 +311,17 @@ impl TlsSession {
         if tx.is_empty() {
             None
         } else {
-            Some(tx.split().freeze())
+            // Hand over the whole buffer: keeping the rest of its capacity would pin the
+            // allocation (shared with the `Bytes` in flight) for as long as the session
+            // lives, which is what idle connections must not do.
+            Some(std::mem::take(tx).freeze())
         }
+    }
+
+    /// Makes room for `additional` bytes of ciphertext, so encrypting a large write does
+    /// not grow (and copy) the output buffer record by record.
+    pub fn reserve_ciphertext(&mut self, additional: usize) {
+        self.stream.get_mut().tx.reserve(additional);
     }
 
     /// Bytes of ciphertext waiting to be taken with [`take_ciphertext`](Self::take_ciphertext).
