@@ -1,5 +1,85 @@
-//! biotls (crate docs to come)
-#![deny(missing_docs)]
+//! # biotls
+//!
+//! libuv-style callback handles on [`mio`], and a [`Tls`] handle that wraps any stream
+//! handle by pumping an OpenSSL memory-BIO pair. OpenSSL never touches a socket.
+//!
+//! ```text
+//!   socket (mio, non-blocking)        memory BIO pair              plaintext
+//!   ------------------------   rx  +-----------------+         +-----------------+
+//!   readable -> read() -----------> |                 | ssl_read |  read callback  |
+//!                                  |   OpenSSL SSL   | -------> |  (Bytes|EOF|Err)|
+//!   writable <- writev() <--------- |                 | <------- | write(data, cb) |
+//!                              tx  +-----------------+ssl_write +-----------------+
+//! ```
+//!
+//! ## Layers
+//!
+//! 1. [`Loop`]: a single-threaded event loop that owns every handle's state, the timers
+//!    and a queue of deferred completions. Run it with [`Loop::run`],
+//!    [`Loop::run_once`] or [`Loop::run_nowait`].
+//! 2. Handles: [`Tcp`], [`TcpListener`], [`Timer`], [`Async`], [`Signal`], small `Copy`
+//!    ids. Every callback receives `&mut Loop` and the handle, so it can act on any
+//!    handle; an id that outlived its handle gives [`Error::Closed`], never another
+//!    handle's state.
+//! 3. [`Stream`]: the interface of stream handles (`start_read`, `stop_read`, `write`,
+//!    `shutdown`, `close`, `write_queue_size`) with libuv's callback contract (see the
+//!    trait's docs).
+//! 4. [`tls::TlsSession`]: TLS without I/O, an OpenSSL `SSL` over in-memory buffers.
+//! 5. [`Tls`]: a session pumped over any inner `Stream`, itself a `Stream`: code written
+//!    against the trait (such as [`echo`]) runs over TCP, TLS, or TLS inside TLS.
+//!
+//! ## Walk-through
+//!
+//! A loop and a listener; each accepted connection is wrapped in TLS and echoed:
+//!
+//! ```no_run
+//! use biotls::echo::{echo, EchoOptions};
+//! use biotls::tls::{Tls, TlsAcceptor};
+//! use biotls::{Loop, TcpListener};
+//!
+//! let acceptor = TlsAcceptor::from_pem_files("certs/server.pem", "certs/server.key")?;
+//! let mut lp = Loop::new()?;
+//! let listener = TcpListener::bind(&mut lp, "127.0.0.1:4433".parse().unwrap())?;
+//! listener.listen(&mut lp, move |lp, _listener, accepted| {
+//!     let Ok(tcp) = accepted else { return };
+//!     match Tls::server(lp, tcp, &acceptor) {
+//!         Ok(tls) => { let _ = echo(lp, tls, EchoOptions::default()); }
+//!         Err(e) => eprintln!("TLS setup failed: {e}"),
+//!     }
+//! })?;
+//! lp.run()?;
+//! # Ok::<(), biotls::Error>(())
+//! ```
+//!
+//! The client side connects, wraps, writes (queued until the handshake completes) and
+//! reads; see [`Tls`] for a complete client.
+//!
+//! ## Data path
+//!
+//! Read: the socket is read into a per-loop buffer, and what was read is split off as
+//! [`Bytes`](bytes::Bytes) without copying; a [`Tcp`] read callback gets it as is. A
+//! [`Tls`] handle queues those `Bytes` for OpenSSL (its BIO read is the one copy), and
+//! decrypts into a second per-loop buffer, split off again for the read callback. An idle
+//! handle holds no read buffer.
+//!
+//! Write: [`Stream::write`] takes `Bytes` (no copy). A [`Tls`] handle gathers small
+//! writes into records of up to 16 KiB, encrypts into one ciphertext buffer reserved for
+//! the whole batch, and hands it to the inner stream as one write; [`Tcp`] writes its
+//! queue with `writev`, straight from the queued `Bytes`. A write callback runs when the
+//! last byte of that write was handed to the kernel.
+//!
+//! The memory BIO is the safe route: an `openssl::ssl::SslStream` over an in-memory
+//! duplex (`Read` copies out of the queued ciphertext, `Write` appends to the output
+//! buffer), so the crate needs no `unsafe` for OpenSSL.
+//!
+//! ## Errors
+//!
+//! Every failure is an [`Error`], returned by the call that could not be queued or given
+//! to the callback of the request that failed. Nothing a peer sends can panic the loop:
+//! a bad peer fails its own connection and the loop keeps serving the others.
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
 mod async_handle;
 pub mod echo;
 mod error;
