@@ -1,0 +1,544 @@
+//! Interoperability with TLS peers nobody here wrote: `openssl s_client` / `s_server`,
+//! `gnutls-cli` and Python's `ssl` module, against our `Tls` server and client.
+//!
+//! Every child process is killed on every path (a Drop guard) and every wait is bounded.
+//! A missing tool skips its test loudly, unless `CI` is set: then it fails the test.
+
+mod util;
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use biotls::echo::{EchoEnd, EchoOptions, echo_with};
+use biotls::pki::Pki;
+use biotls::tls::{Tls, TlsAcceptor};
+use biotls::{Async, AsyncSender, Error, Loop, Stream, Tcp, TcpListener};
+use util::run_until;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Whether `tool` runs; if not, skips loudly (or panics under `CI`).
+fn have(tool: &str, version_arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(version_arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`{tool}` is required under CI but cannot be run"
+        );
+        eprintln!("SKIPPED: `{tool}` is not installed");
+    }
+    ok
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "biotls-interop-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh PKI for `localhost` written to a temp dir (`ca.pem`, `server.pem`, ...).
+fn pki_in_dir(pki: &Pki) -> TempDir {
+    let dir = TempDir::new();
+    pki.write_to_dir(&dir.0).unwrap();
+    dir
+}
+
+fn fresh_pki() -> Pki {
+    Pki::generate(&["localhost", "127.0.0.1"]).unwrap()
+}
+
+/// A child process that is killed and reaped when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Collects a pipe's output on a thread.
+fn collect(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = Arc::clone(&buf);
+    let thread = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, thread)
+}
+
+/// What a peer process did.
+#[derive(Debug)]
+struct Ran {
+    /// `None`: still running at the deadline, then killed.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` with `input` on stdin. Stdin stays open until `expect` shows up in stdout
+/// (then it is closed, which makes s_client and gnutls-cli close the connection and
+/// exit), or until the process exits by itself; after `limit` it is killed.
+fn run_peer(cmd: &mut Command, input: &[u8], expect: Option<&str>, limit: Duration) -> Ran {
+    let mut child = Guard(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+    );
+    let (out, out_thread) = collect(child.0.stdout.take().unwrap());
+    let (err, err_thread) = collect(child.0.stderr.take().unwrap());
+    let mut stdin = child.0.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        s.write_all(input).unwrap();
+        s.flush().unwrap();
+    }
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            break None;
+        }
+        if let Some(expect) = expect
+            && stdin.is_some()
+            && String::from_utf8_lossy(&out.lock().unwrap()).contains(expect)
+        {
+            stdin = None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(stdin);
+    drop(child);
+    let _ = out_thread.join();
+    let _ = err_thread.join();
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    Ran {
+        status,
+        stdout: text(&out),
+        stderr: text(&err),
+    }
+}
+
+/// Our TLS echo server on its own loop thread, on an ephemeral port; stopped (through
+/// an `Async`) and joined on drop.
+struct EchoServer {
+    port: u16,
+    /// How each connection ended: `Ok` or the error's text.
+    ends: Arc<Mutex<Vec<Result<(), String>>>>,
+    stop: AsyncSender,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(acceptor: TlsAcceptor) -> EchoServer {
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let e = Arc::clone(&ends);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut lp = Loop::new().unwrap();
+            let listener =
+                TcpListener::bind(&mut lp, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+            let port = listener.local_addr(&lp).unwrap().port();
+            listener
+                .listen(&mut lp, move |lp, _, accepted| {
+                    let tcp = accepted.unwrap();
+                    tcp.set_nodelay(lp, true).unwrap();
+                    let tls = Tls::server(lp, tcp, &acceptor).unwrap();
+                    let e = Arc::clone(&e);
+                    echo_with(lp, tls, EchoOptions::default(), move |_, _, end| {
+                        e.lock().unwrap().push(match end {
+                            EchoEnd::Done => Ok(()),
+                            EchoEnd::Failed(err) => Err(err.to_string()),
+                        });
+                    })
+                    .unwrap();
+                })
+                .unwrap();
+            let (_stop, sender) = Async::new(&mut lp, move |lp, stop| {
+                listener.close(lp);
+                stop.close(lp);
+                lp.stop();
+            })
+            .unwrap();
+            tx.send((port, sender)).unwrap();
+            lp.run().unwrap();
+        });
+        let (port, stop) = rx.recv_timeout(LIMIT).expect("echo server did not start");
+        EchoServer {
+            port,
+            ends,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `n` connections have ended and returns how.
+    fn ends(&self, n: usize) -> Vec<Result<(), String>> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let ends = self.ends.lock().unwrap();
+            if ends.len() >= n {
+                return ends.clone();
+            }
+            drop(ends);
+            assert!(Instant::now() < deadline, "server connections did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn s_client(port: u16, dir: &TempDir, version: &str) -> Command {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", version, "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(dir.file("ca.pem"));
+    cmd
+}
+
+const LINES: &str = "first line\nsecond line, a little longer\nthird: 0123456789\n";
+
+fn assert_s_client_echo(version_flag: &str, version: &str) {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    let ran = run_peer(
+        &mut s_client(server.port, &dir, version_flag),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.stdout.contains(version), "not {version}: {ran:#?}");
+    assert!(ran.status.is_some_and(|s| s.success()), "{ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}
+
+#[test]
+fn openssl_s_client_tls12_gets_its_lines_echoed() {
+    assert_s_client_echo("-tls1_2", "TLSv1.2");
+}
+
+#[test]
+fn openssl_s_client_tls13_gets_its_lines_echoed() {
+    assert_s_client_echo("-tls1_3", "TLSv1.3");
+}
+
+#[test]
+fn gnutls_cli_gets_its_lines_echoed() {
+    if !have("gnutls-cli", "--version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    let ran = run_peer(
+        Command::new("gnutls-cli")
+            .arg("--x509cafile")
+            .arg(dir.file("ca.pem"))
+            .arg("-p")
+            .arg(server.port.to_string())
+            .arg("localhost"),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.status.is_some_and(|s| s.success()), "{ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}
+
+const PYTHON_CLIENT: &str = r#"
+import os, socket, ssl, sys
+port, cafile, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=cafile)
+data = os.urandom(n)
+with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(data)
+        got = bytearray()
+        while len(got) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        if bytes(got) != data:
+            sys.exit(f"echo differs: {len(got)} bytes back of {n}")
+        version = s.version()
+        s.unwrap()  # our close_notify, then the server's
+        print(f"OK {n} bytes {version}")
+"#;
+
+#[test]
+fn python_ssl_gets_random_bytes_echoed_intact() {
+    if !have("python3", "--version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    // Small enough that the script may send it all before reading.
+    let n = 256 * 1024;
+    let ran = run_peer(
+        Command::new("python3")
+            .args(["-c", PYTHON_CLIENT])
+            .arg(server.port.to_string())
+            .arg(dir.file("ca.pem"))
+            .arg(n.to_string()),
+        b"",
+        None,
+        LIMIT,
+    );
+    assert!(ran.status.is_some_and(|s| s.success()), "{ran:#?}");
+    assert!(
+        ran.stdout.contains(&format!("OK {n} bytes TLSv1.3")),
+        "{ran:#?}"
+    );
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}
+
+/// `openssl s_server` on a free port with `cert`/`key`, once it says "ACCEPT".
+fn s_server(cert: &str, key: &str, extra: &[&str]) -> (Guard, u16) {
+    for _ in 0..5 {
+        // s_server cannot listen on port 0: take a free port and hand it over.
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Guard(
+            Command::new("openssl")
+                .args(["s_server", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-cert", cert, "-key", key])
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let (out, _reader) = collect(child.0.stdout.take().unwrap());
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if String::from_utf8_lossy(&out.lock().unwrap()).contains("ACCEPT") {
+                return (child, port);
+            }
+            if child.0.try_wait().unwrap().is_some() {
+                break; // the port was taken meanwhile: try another
+            }
+            assert!(Instant::now() < deadline, "s_server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("s_server could not listen on any of 5 ports");
+}
+
+/// Filled in once our client's exchange ends.
+type Outcome = Rc<RefCell<Option<Result<Vec<u8>, Error>>>>;
+
+/// Connects our `Tls` client to `port`, writes `data`, and reads until `until` bytes came
+/// back or the connection failed. Returns the bytes, or the error.
+fn our_client(pki: &Pki, port: u16, data: &'static [u8], until: usize) -> Result<Vec<u8>, Error> {
+    let mut lp = Loop::new().unwrap();
+    let tcp = Tcp::connect(
+        &mut lp,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let tls = Tls::client(&mut lp, tcp, &pki.connector().unwrap(), "localhost").unwrap();
+    tls.write(&mut lp, data, |_, _, _| {}).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let result: Outcome = Rc::default();
+    let (g, r) = (Rc::clone(&got), Rc::clone(&result));
+    tls.start_read(&mut lp, move |lp, tls, read| {
+        let end = match read {
+            Ok(Some(b)) => {
+                g.borrow_mut().extend_from_slice(&b);
+                if g.borrow().len() < until {
+                    return;
+                }
+                Ok(g.take())
+            }
+            Ok(None) => Ok(g.take()),
+            Err(e) => Err(e),
+        };
+        *r.borrow_mut() = Some(end);
+        tls.close(lp, |_, _| {});
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || result.borrow().is_some());
+    result.take().unwrap()
+}
+
+#[test]
+fn our_client_gets_a_reversed_line_from_openssl_s_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let (_server, port) = s_server(&dir.file("server.pem"), &dir.file("server.key"), &["-rev"]);
+    let got = our_client(&pki, port, b"hello interop\n", b"poretni olleh\n".len()).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "poretni olleh\n");
+}
+
+/// Our client against `openssl s_server` serving `server_pki`'s certificate, trusting
+/// only `client_pki`'s CA: the handshake must fail verification with `reason`.
+fn assert_refused(server_pki: &Pki, client_pki: &Pki, reason: &str) {
+    if !have("openssl", "version") {
+        return;
+    }
+    let dir = pki_in_dir(server_pki);
+    let (_server, port) = s_server(&dir.file("server.pem"), &dir.file("server.key"), &[]);
+    match our_client(client_pki, port, b"never sent\n", 1) {
+        Err(Error::Verification(text)) => assert!(text.contains(reason), "{text}"),
+        other => panic!("expected a verification error ({reason}), got {other:?}"),
+    }
+}
+
+#[test]
+fn our_client_refuses_a_certificate_for_another_host() {
+    let pki = Pki::generate(&["example.org"]).unwrap();
+    assert_refused(&pki, &pki, "hostname mismatch");
+}
+
+#[test]
+fn our_client_refuses_an_expired_certificate() {
+    let pki = Pki::generate_expired_server(&["localhost"]).unwrap();
+    assert_refused(&pki, &pki, "certificate has expired");
+}
+
+#[test]
+fn our_client_refuses_a_certificate_from_an_unknown_ca() {
+    assert_refused(
+        &fresh_pki(),
+        &fresh_pki(),
+        "unable to get local issuer certificate",
+    );
+}
+
+fn mtls_server(pki: &Pki) -> EchoServer {
+    let acceptor = TlsAcceptor::builder(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap()
+    .require_client_cert(pki.ca_pem.as_bytes())
+    .unwrap()
+    .build();
+    EchoServer::start(acceptor)
+}
+
+#[test]
+fn mtls_server_echoes_to_s_client_with_a_client_certificate() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = mtls_server(&pki);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_3")
+            .arg("-cert")
+            .arg(dir.file("client.pem"))
+            .arg("-key")
+            .arg(dir.file("client.key")),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.status.is_some_and(|s| s.success()), "{ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}
+
+#[test]
+fn mtls_server_refuses_s_client_without_a_client_certificate() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = mtls_server(&pki);
+    let ran = run_peer(
+        &mut s_client(server.port, &dir, "-tls1_3"),
+        LINES.as_bytes(),
+        None,
+        LIMIT,
+    );
+    assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
+    assert!(ran.status.is_some_and(|s| !s.success()), "{ran:#?}");
+    assert!(ran.stderr.contains("certificate required"), "{ran:#?}");
+    match &server.ends(1)[..] {
+        [Err(e)] => assert!(e.contains("certificate"), "{e}"),
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+}
