@@ -1,0 +1,389 @@
+//! cargo run --release --example throughput
+//!
+//! Compares, in one run on loopback, the `Tls` and `Tcp` handles on a loop against
+//! blocking sockets (`std::net::TcpStream`, and `openssl::ssl::SslStream` over it) with
+//! one thread per connection. Every arm uses the same certificates, TLS 1.3 with
+//! TLS_AES_128_GCM_SHA256, and the same loop-based client on its own thread, so the
+//! server is the only thing that differs. The figure that separates implementations on
+//! a small machine is the server's CPU time per GiB (thread CPU time, summed over the
+//! server's threads); MiB/s is capped by the client, which shares the cores.
+//!
+//! Prints a table with the ratio of each loop arm to its blocking counterpart, then
+//! full handshakes per second, a many-connections run and idle memory per connection.
+//! `--json` prints the same as JSON lines; `--help` lists the knobs.
+
+#[path = "../benches/harness/mod.rs"]
+mod harness;
+
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use biotls::tls::{Tls, TlsConnector};
+use biotls::{Loop, Stream, Tcp};
+use clap::Parser;
+use harness::{Mode, Proto, Running, Server, Setup, run_client, setup};
+use openssl::ssl::Ssl;
+
+#[derive(Parser, Debug)]
+#[command(about = "biotls loop handles vs blocking sockets, side by side")]
+struct Args {
+    /// Write sizes in bytes, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,16384,65536,1048576"
+    )]
+    sizes: Vec<usize>,
+    /// Payload bytes per arm (quartered for writes under 16 KiB).
+    #[arg(long, default_value_t = 256 << 20)]
+    bytes: u64,
+    /// Full handshakes per arm.
+    #[arg(long, default_value_t = 2000)]
+    handshakes: u32,
+    /// Connections in the many-connections run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// Bytes each connection echoes in the many-connections run.
+    #[arg(long, default_value_t = 1 << 20)]
+    conn_bytes: u64,
+    /// Idle TLS connections for the memory measurement (0 skips it).
+    #[arg(long, default_value_t = 2000)]
+    idle: usize,
+    /// Also run one-way bulk (client sends, server discards).
+    #[arg(long)]
+    bulk: bool,
+    /// Only these protocols in the bulk/echo table (comma-separated: tls, tcp).
+    #[arg(long, value_delimiter = ',', default_value = "tls,tcp")]
+    protos: Vec<String>,
+    /// Print JSON lines instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Internal: hold N idle TLS connections to ADDR (used by the memory measurement).
+    #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "N"])]
+    idle_client: Option<Vec<String>>,
+}
+
+struct Row {
+    test: &'static str,
+    arm: String,
+    size: usize,
+    mib_s: f64,
+    cpu_per_gib: f64,
+}
+
+fn measure(
+    setup: &Setup,
+    proto: Proto,
+    mode: Mode,
+    server: Server,
+    size: usize,
+    bytes: u64,
+) -> Row {
+    let running = Running::start(setup, server, proto, mode);
+    let wall = run_client(
+        proto,
+        mode,
+        running.addr,
+        setup.connector.clone(),
+        1,
+        bytes,
+        size,
+    );
+    let cpu = running.cpu_after(1).as_secs_f64();
+    running.stop();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    Row {
+        test: if mode == Mode::Echo { "echo" } else { "bulk" },
+        arm: arm_name(proto, server),
+        size,
+        mib_s: bytes as f64 / (1 << 20) as f64 / wall.as_secs_f64(),
+        cpu_per_gib: cpu / gib,
+    }
+}
+
+fn arm_name(proto: Proto, server: Server) -> String {
+    match (proto, server) {
+        (Proto::Tls, Server::Loop) => "Tls handle",
+        (Proto::Tls, Server::Blocking) => "SslStream blocking",
+        (Proto::Tcp, Server::Loop) => "Tcp handle",
+        (Proto::Tcp, Server::Blocking) => "TcpStream blocking",
+    }
+    .to_string()
+}
+
+fn human(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+fn handshakes(setup: &Setup, server: Server, count: u32) -> (f64, f64) {
+    let running = Running::start(setup, server, Proto::Tls, Mode::Echo);
+    // Sequential blocking client: connect, handshake, close_notify, wait for the server's.
+    let ctx = setup.connector.context().to_owned();
+    let addr = running.addr;
+    let wall = thread::spawn(move || {
+        let start = Instant::now();
+        for _ in 0..count {
+            let tcp = std::net::TcpStream::connect(addr).expect("connect");
+            let mut ssl = Ssl::new(&ctx).expect("ssl");
+            ssl.param_mut().set_host("localhost").expect("host");
+            let mut s = ssl.connect(tcp).expect("handshake");
+            let _ = s.shutdown();
+            let mut b = [0u8; 64];
+            while matches!(s.ssl_read(&mut b), Ok(n) if n > 0) {}
+        }
+        start.elapsed()
+    })
+    .join()
+    .expect("client");
+    let cpu = running.cpu_after(count as usize).as_secs_f64();
+    running.stop();
+    (count as f64 / wall.as_secs_f64(), cpu / count as f64 * 1e6)
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(idle) = &args.idle_client {
+        idle_client(idle);
+        return;
+    }
+    let setup = setup();
+    println!(
+        "biotls throughput — {} ({} cores), loopback, TLS 1.3 TLS_AES_128_GCM_SHA256",
+        openssl::version::version(),
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut rows = Vec::new();
+    let modes: &[Mode] = if args.bulk {
+        &[Mode::Echo, Mode::Bulk]
+    } else {
+        &[Mode::Echo]
+    };
+    for &mode in modes {
+        for &size in &args.sizes {
+            let bytes = if size < 16 * 1024 {
+                args.bytes / 4
+            } else {
+                args.bytes
+            };
+            for proto in [Proto::Tls, Proto::Tcp] {
+                let name = if proto == Proto::Tls { "tls" } else { "tcp" };
+                if !args.protos.iter().any(|p| p == name) {
+                    continue;
+                }
+                let ours = measure(&setup, proto, mode, Server::Loop, size, bytes);
+                let theirs = measure(&setup, proto, mode, Server::Blocking, size, bytes);
+                print_pair(&args, &ours, &theirs);
+                rows.push((ours, theirs));
+            }
+        }
+    }
+    if args.handshakes > 0 {
+        let (ours_rate, ours_us) = handshakes(&setup, Server::Loop, args.handshakes);
+        let (theirs_rate, theirs_us) = handshakes(&setup, Server::Blocking, args.handshakes);
+        if args.json {
+            println!(
+                "{{\"test\":\"handshake\",\"loop_per_s\":{ours_rate:.0},\"loop_server_us\":{ours_us:.1},\"blocking_per_s\":{theirs_rate:.0},\"blocking_server_us\":{theirs_us:.1},\"cpu_ratio\":{:.2}}}",
+                ours_us / theirs_us
+            );
+        } else {
+            println!(
+                "\nfull handshakes: Tls handle {ours_rate:.0}/s, {ours_us:.0} µs server CPU each; \
+                 SslStream blocking {theirs_rate:.0}/s, {theirs_us:.0} µs; CPU ratio {:.2}",
+                ours_us / theirs_us
+            );
+        }
+    }
+    if args.conns > 0 {
+        many_connections(&args, &setup);
+    }
+    if args.idle > 0 {
+        idle_memory(&args, &setup);
+    }
+}
+
+fn print_pair(args: &Args, ours: &Row, theirs: &Row) {
+    let cpu_ratio = ours.cpu_per_gib / theirs.cpu_per_gib;
+    let speed_ratio = ours.mib_s / theirs.mib_s;
+    if args.json {
+        for (r, ratio) in [(ours, Some((cpu_ratio, speed_ratio))), (theirs, None)] {
+            let ratios = ratio.map_or(String::new(), |(c, s)| {
+                format!(",\"cpu_ratio\":{c:.3},\"speed_ratio\":{s:.3}")
+            });
+            println!(
+                "{{\"test\":\"{}\",\"arm\":\"{}\",\"size\":{},\"mib_s\":{:.1},\"server_cpu_s_per_gib\":{:.3}{ratios}}}",
+                r.test, r.arm, r.size, r.mib_s, r.cpu_per_gib
+            );
+        }
+        return;
+    }
+    if ours.arm == "Tls handle" && ours.size == args.sizes[0] {
+        println!(
+            "\n{:<5} {:>7}  {:<19} {:>9} {:>13}   {:<19} {:>9} {:>13}   {:>9} {:>9}",
+            "test",
+            "write",
+            "loop arm",
+            "MiB/s",
+            "srv CPU s/GiB",
+            "blocking arm",
+            "MiB/s",
+            "srv CPU s/GiB",
+            "CPU ×",
+            "MiB/s ×"
+        );
+    }
+    println!(
+        "{:<5} {:>7}  {:<19} {:>9.0} {:>13.3}   {:<19} {:>9.0} {:>13.3}   {:>9.2} {:>9.2}",
+        ours.test,
+        human(ours.size),
+        ours.arm,
+        ours.mib_s,
+        ours.cpu_per_gib,
+        theirs.arm,
+        theirs.mib_s,
+        theirs.cpu_per_gib,
+        cpu_ratio,
+        speed_ratio
+    );
+}
+
+fn many_connections(args: &Args, setup: &Setup) {
+    let size = 64 * 1024;
+    let total = args.conn_bytes * args.conns as u64;
+    let mut results = Vec::new();
+    for server in [Server::Loop, Server::Blocking] {
+        let running = Running::start(setup, server, Proto::Tls, Mode::Echo);
+        let wall = run_client(
+            Proto::Tls,
+            Mode::Echo,
+            running.addr,
+            setup.connector.clone(),
+            args.conns,
+            args.conn_bytes,
+            size,
+        );
+        let cpu = running.cpu_after(args.conns).as_secs_f64();
+        running.stop();
+        let mib_s = total as f64 / (1 << 20) as f64 / wall.as_secs_f64();
+        let cpu_gib = cpu / (total as f64 / (1u64 << 30) as f64);
+        results.push((mib_s, cpu_gib));
+    }
+    let (l, b) = (results[0], results[1]);
+    if args.json {
+        println!(
+            "{{\"test\":\"many_connections\",\"conns\":{},\"loop_mib_s\":{:.1},\"loop_cpu_s_per_gib\":{:.3},\"threads_mib_s\":{:.1},\"threads_cpu_s_per_gib\":{:.3},\"speed_ratio\":{:.3}}}",
+            args.conns,
+            l.0,
+            l.1,
+            b.0,
+            b.1,
+            l.0 / b.0
+        );
+    } else {
+        println!(
+            "{} TLS connections × {}: one loop {:.0} MiB/s ({:.3} CPU s/GiB); thread per connection {:.0} MiB/s ({:.3}); throughput ratio {:.2}",
+            args.conns,
+            human(args.conn_bytes as usize),
+            l.0,
+            l.1,
+            b.0,
+            b.1,
+            l.0 / b.0
+        );
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Idle memory per established TLS connection: a loop server in this process, the
+/// clients in a child process, and the growth of this process's RSS.
+fn idle_memory(args: &Args, setup: &Setup) {
+    let running = Running::start(setup, Server::Loop, Proto::Tls, Mode::Echo);
+    thread::sleep(Duration::from_millis(100));
+    let before = rss_bytes(std::process::id());
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = std::process::Command::new(exe)
+        .arg("--idle-client")
+        .arg(running.addr.to_string())
+        .arg(args.idle.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn idle client");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut line = [0u8; 6];
+    let ok = out.read_exact(&mut line).is_ok() && &line == b"ready\n";
+    thread::sleep(Duration::from_millis(300));
+    let after = rss_bytes(std::process::id());
+    let _ = child.kill();
+    let _ = child.wait();
+    running.stop();
+    if !ok {
+        eprintln!("idle memory: the client process failed");
+        return;
+    }
+    let per = after.saturating_sub(before) as f64 / args.idle as f64 / 1024.0;
+    if args.json {
+        println!(
+            "{{\"test\":\"idle_memory\",\"conns\":{},\"kib_per_conn\":{per:.2}}}",
+            args.idle
+        );
+    } else {
+        println!(
+            "idle memory: {per:.1} KiB per established TLS connection (server RSS growth over {} connections)",
+            args.idle
+        );
+    }
+}
+
+fn idle_client(spec: &[String]) {
+    let addr: SocketAddr = spec[0].parse().expect("addr");
+    let n: usize = spec[1].parse().expect("count");
+    // Reuse the server's trust: any CA works since the client skips verification here.
+    let connector = TlsConnector::builder()
+        .expect("connector")
+        .danger_disable_certificate_verification()
+        .build();
+    let mut lp = Loop::new().expect("loop");
+    // Connect in small waves: the figure is what an established, idle connection holds,
+    // not the transient peak of thousands of simultaneous handshakes.
+    const WAVE: usize = 16;
+    let ready = Rc::new(Cell::new(0usize));
+    let mut started = 0;
+    while ready.get() < n {
+        while started < n && started - ready.get() < WAVE {
+            started += 1;
+            let tcp = Tcp::connect(&mut lp, addr, |_, _, _| {}).expect("connect");
+            let tls = Tls::client(&mut lp, tcp, &connector, "localhost").expect("tls");
+            let r = ready.clone();
+            // One round trip per connection so the server has finished its handshake too.
+            tls.write(&mut lp, &b"x"[..], |_, _, _| {}).expect("write");
+            let _ = tls.start_read(&mut lp, move |lp, tls, res| {
+                if let Ok(Some(_)) = res {
+                    r.set(r.get() + 1);
+                    let _ = tls.stop_read(lp);
+                }
+            });
+        }
+        lp.run_once().expect("run");
+    }
+    println!("ready");
+    std::io::stdout().flush().ok();
+    // Hold the connections until killed.
+    loop {
+        thread::sleep(Duration::from_secs(60));
+    }
+}
