@@ -24,7 +24,7 @@ use crate::handle::{RawId, Slot, State};
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
 
 /// Size of each chunk of the per-loop read buffer. Reads are split off it as `Bytes`.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// A read is never offered less room than this; below it the loop starts a new chunk.
 const MIN_READ_ROOM: usize = 16 * 1024;
 

@@ -562,10 +562,11 @@ fn a_write_already_handed_to_the_transport_succeeds_even_if_closed_right_after()
     })
     .unwrap();
     run_until(&mut lp, LIMIT, || ready.get());
-    // The socket is idle: the record goes to the kernel inside this write call, and its
+    // The socket is idle and the write is not small (small writes are corked until the
+    // end of the callback): its records go to the kernel inside this write call, and its
     // callback is queued with success before `close` runs.
     let o = order.clone();
-    tls.write(&mut lp, &b"sent"[..], move |_, _, r| {
+    tls.write(&mut lp, vec![7u8; 20_000], move |_, _, r| {
         o.borrow_mut().push(format!("first {r:?}"))
     })
     .unwrap();

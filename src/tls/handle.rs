@@ -35,9 +35,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Plaintext gathered into one record from small writes.
 const RECORD: usize = 16 * 1024;
 /// Plaintext delivered to the read callback in one call, at most.
-const DELIVER_CHUNK: usize = 64 * 1024;
-/// Room reserved in the per-loop plaintext buffer when it runs low.
-const PLAIN_CHUNK: usize = 64 * 1024;
+const DELIVER_CHUNK: usize = 256 * 1024;
 
 type ReadCb<S> = Box<dyn FnMut(&mut Loop, Tls<S>, ReadResult)>;
 type CloseCb<S> = Box<dyn FnOnce(&mut Loop, Tls<S>)>;
@@ -136,6 +134,8 @@ struct TlsState<S: Stream> {
     plain_queued: u64,
     plain_encrypted: u64,
     reqs: VecDeque<WriteReq>,
+    /// How many requests at the front of `reqs` have their `cipher_end`.
+    marked: usize,
     /// Ciphertext handed to the inner stream, and ciphertext it reported written.
     cipher_sent: u64,
     cipher_acked: u64,
@@ -148,6 +148,8 @@ struct TlsState<S: Stream> {
     failure_reported: bool,
     pumping: bool,
     pump_again: bool,
+    /// A deferred pump will encrypt the small writes queued meanwhile.
+    cork: bool,
     /// Set by `close`: the handle is gone for the user, and waits for the inner stream's
     /// close to settle the writes whose ciphertext it had already taken.
     closing: Option<CloseCb<S>>,
@@ -222,6 +224,7 @@ impl<S: Stream> Tls<S> {
             plain_queued: 0,
             plain_encrypted: 0,
             reqs: VecDeque::new(),
+            marked: 0,
             cipher_sent: 0,
             cipher_acked: 0,
             shutdown: ShutdownState::Open,
@@ -232,6 +235,7 @@ impl<S: Stream> Tls<S> {
             failure_reported: false,
             pumping: false,
             pump_again: false,
+            cork: false,
             closing: None,
         };
         let id = lp.insert(State::Any(Box::new(state)));
@@ -364,7 +368,20 @@ impl<S: Stream> Tls<S> {
             cipher_end: None,
             cb,
         });
-        pump::<S>(lp, self.0, false);
+        if t.pending_bytes >= RECORD || !t.session.is_handshake_complete() {
+            pump::<S>(lp, self.0, false);
+        } else if !t.cork {
+            // Small writes are corked until the current callback returns, so that many
+            // of them become one record and one write of the inner stream.
+            t.cork = true;
+            let id = self.0;
+            lp.defer(move |lp| {
+                if let Some(t) = st::<S>(lp, id) {
+                    t.cork = false;
+                    pump::<S>(lp, id, true);
+                }
+            });
+        }
         Ok(())
     }
 }
@@ -624,26 +641,27 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
         }
         t.pending_bytes -= n;
         t.plain_encrypted += n as u64;
-        let cipher_now = t.cipher_sent + t.session.buffered_ciphertext_out() as u64;
-        for req in t.reqs.iter_mut().filter(|r| r.cipher_end.is_none()) {
-            if req.plain_end > t.plain_encrypted {
-                break;
-            }
-            req.cipher_end = Some(cipher_now);
-        }
+        mark_encrypted(t);
     }
-    // Zero-length writes and writes already encrypted but not yet marked.
-    let cipher_now = t.cipher_sent + t.session.buffered_ciphertext_out() as u64;
-    for req in t.reqs.iter_mut().filter(|r| r.cipher_end.is_none()) {
-        if req.plain_end > t.plain_encrypted {
-            break;
-        }
-        req.cipher_end = Some(cipher_now);
-    }
+    // Zero-length writes at the end of the queue.
+    mark_encrypted(t);
     if t.pending.is_empty() && matches!(t.shutdown, ShutdownState::Pending(_)) {
         t.session.shutdown()?;
     }
     Ok(())
+}
+
+/// Gives the requests whose plaintext is now all encrypted the ciphertext offset that
+/// completes them. `reqs[..marked]` are marked already, so each request is visited once.
+fn mark_encrypted<S: Stream>(t: &mut TlsState<S>) {
+    let cipher_now = t.cipher_sent + t.session.buffered_ciphertext_out() as u64;
+    while let Some(req) = t.reqs.get_mut(t.marked) {
+        if req.plain_end > t.plain_encrypted {
+            break;
+        }
+        req.cipher_end = Some(cipher_now);
+        t.marked += 1;
+    }
 }
 
 /// Hands all ciphertext the session produced to the inner stream as one write, and
@@ -691,6 +709,7 @@ fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
     if let Some(hs) = t.handshake_cb.take() {
         hs(lp, tls, Err(Error::Cancelled));
     }
+    t.marked = 0;
     for req in t.reqs.drain(..) {
         (req.cb)(lp, Err(Error::Cancelled));
     }
@@ -732,6 +751,7 @@ fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
         let Some(req) = t.reqs.pop_front() else {
             return;
         };
+        t.marked -= 1;
         if direct {
             (req.cb)(lp, Ok(()));
         } else {
@@ -802,10 +822,12 @@ fn deliver<S: Stream>(lp: &mut Loop, id: RawId) {
             Failed(Error),
         }
         let mut end = End::More;
+        // Room for the whole batch up front: growing a buffer that holds plaintext
+        // would copy it.
+        if buf.capacity() - buf.len() < DELIVER_CHUNK + RECORD {
+            buf.reserve(DELIVER_CHUNK + RECORD);
+        }
         while buf.len() < DELIVER_CHUNK {
-            if buf.capacity() - buf.len() < RECORD {
-                buf.reserve(PLAIN_CHUNK);
-            }
             match t.session.read(&mut buf) {
                 Ok(ReadOutcome::Data(_)) => {}
                 Ok(ReadOutcome::WantRead) => {
@@ -889,6 +911,7 @@ fn report_failure<S: Stream>(lp: &mut Loop, id: RawId) {
         timer.close(lp);
     }
     let Some(t) = st::<S>(lp, id) else { return };
+    t.marked = 0;
     let reqs: Vec<_> = t.reqs.drain(..).collect();
     let shutdown = match std::mem::replace(&mut t.shutdown, ShutdownState::Sent) {
         ShutdownState::Pending(cb) => Some(cb),
