@@ -620,3 +620,32 @@ fn system_roots_load_from_the_probed_locations() {
         );
     }
 }
+
+#[test]
+fn a_partial_record_does_not_pin_the_shared_buffer_it_came_from() {
+    let (mut client, mut server) = pair("localhost");
+    handshake_ok(&mut client, &mut server);
+    write_all(&mut client, &[1u8; 10_000]);
+    let record = client.take_ciphertext().expect("a record");
+    // The record arrives as a slice of a larger shared buffer (like the loop's read
+    // buffer), cut in the middle.
+    let mut shared = BytesMut::with_capacity(256 * 1024);
+    shared.extend_from_slice(&record);
+    shared.resize(256 * 1024, 0);
+    let shared = shared.freeze();
+    server.feed_ciphertext(shared.slice(..record.len() / 2));
+    let (got, outcome) = read_all(&mut server).expect("read");
+    assert!(got.is_empty());
+    assert_eq!(outcome, ReadOutcome::WantRead);
+    // OpenSSL took the partial record into its own buffer: a stalled peer cannot keep
+    // the loop's large read buffer alive through the session.
+    assert_eq!(server.buffered_ciphertext_in(), 0);
+    assert!(
+        shared.is_unique(),
+        "the session still refers to the shared buffer"
+    );
+    // The rest of the record completes it: nothing was lost by the copy.
+    server.feed_ciphertext(record.slice(record.len() / 2..));
+    let (got, _) = read_all(&mut server).expect("read");
+    assert_eq!(got, vec![1u8; 10_000]);
+}
