@@ -54,14 +54,22 @@ pub trait Stream: Copy + std::fmt::Debug + 'static {
     /// [`Error::InvalidState`](crate::Error::InvalidState) after `shutdown`.
     fn write<F>(self, lp: &mut Loop, data: impl Into<Bytes>, cb: F) -> Result<()>
     where
-        F: FnOnce(&mut Loop, Self, Result<()>) + 'static;
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
+    {
+        self.write_vectored(lp, std::iter::once(data.into()), cb)
+    }
 
     /// Queues several buffers as one write request (gathered into one `writev` where the
     /// transport allows); `cb` runs once for all of them.
     ///
     /// # Errors
     /// As [`write`](Stream::write).
-    fn write_vectored<F>(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: F) -> Result<()>
+    fn write_vectored<F>(
+        self,
+        lp: &mut Loop,
+        bufs: impl IntoIterator<Item = Bytes>,
+        cb: F,
+    ) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static;
 

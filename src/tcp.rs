@@ -342,7 +342,12 @@ impl Tcp {
         lp.set_referenced(self.0, true)
     }
 
-    fn queue_write(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: DoneCb) -> Result<()> {
+    fn queue_write(
+        self,
+        lp: &mut Loop,
+        bufs: impl IntoIterator<Item = Bytes>,
+        cb: DoneCb,
+    ) -> Result<()> {
         let t = tcp(lp, self.0)?;
         if !matches!(t.shutdown, ShutdownState::Open) {
             return Err(Error::InvalidState("write after shutdown"));
@@ -394,18 +399,12 @@ impl Stream for Tcp {
         Ok(())
     }
 
-    fn write<F>(self, lp: &mut Loop, data: impl Into<Bytes>, cb: F) -> Result<()>
-    where
-        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
-    {
-        self.queue_write(
-            lp,
-            vec![data.into()],
-            Box::new(move |lp, r| cb(lp, self, r)),
-        )
-    }
-
-    fn write_vectored<F>(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: F) -> Result<()>
+    fn write_vectored<F>(
+        self,
+        lp: &mut Loop,
+        bufs: impl IntoIterator<Item = Bytes>,
+        cb: F,
+    ) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {

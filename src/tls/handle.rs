@@ -347,7 +347,12 @@ impl<S: Stream> Tls<S> {
         Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.inner)
     }
 
-    fn queue_write(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: DoneCb) -> Result<()> {
+    fn queue_write(
+        self,
+        lp: &mut Loop,
+        bufs: impl IntoIterator<Item = Bytes>,
+        cb: DoneCb,
+    ) -> Result<()> {
         let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
         if !matches!(t.shutdown, ShutdownState::Open) {
             return Err(Error::InvalidState("write after shutdown"));
@@ -411,18 +416,12 @@ impl<S: Stream> Stream for Tls<S> {
         Ok(())
     }
 
-    fn write<F>(self, lp: &mut Loop, data: impl Into<Bytes>, cb: F) -> Result<()>
-    where
-        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
-    {
-        self.queue_write(
-            lp,
-            vec![data.into()],
-            Box::new(move |lp, r| cb(lp, self, r)),
-        )
-    }
-
-    fn write_vectored<F>(self, lp: &mut Loop, bufs: Vec<Bytes>, cb: F) -> Result<()>
+    fn write_vectored<F>(
+        self,
+        lp: &mut Loop,
+        bufs: impl IntoIterator<Item = Bytes>,
+        cb: F,
+    ) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {
