@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::event_loop::Loop;
 use crate::handle::{RawId, State, handle_fmt};
 
-pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
 type SignalCb = Box<dyn FnMut(&mut Loop, Signal, i32)>;
 

@@ -695,3 +695,99 @@ fn echo_bounds_the_queue_of_a_client_that_never_reads() {
     );
     assert!(max_queue > 0);
 }
+
+#[test]
+fn ipv6_loopback_round_trip_when_available() {
+    let mut lp = Loop::new().unwrap();
+    let listener = match TcpListener::bind(&mut lp, "[::1]:0".parse().unwrap()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("SKIPPED: no IPv6 loopback here ({e})");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI machines have ::1: {e}"
+            );
+            return;
+        }
+    };
+    let addr = listener.local_addr(&lp).unwrap();
+    assert!(addr.is_ipv6() && addr.port() != 0);
+    listener
+        .listen(&mut lp, |lp, _, r| {
+            echo(lp, r.unwrap(), EchoOptions::default()).unwrap();
+        })
+        .unwrap();
+    let got = echo_client(&mut lp, addr, Bytes::from_static(b"over ::1"));
+    run_until(&mut lp, LIMIT, || got.borrow().is_some());
+    assert_eq!(got.borrow().as_deref(), Some(&b"over ::1"[..]));
+    listener.close(&mut lp);
+    run_to_end(&mut lp, LIMIT);
+}
+
+#[test]
+fn vectored_writes_and_try_write_keep_order() {
+    let mut lp = Loop::new().unwrap();
+    let (listener, addr) = echo_server(&mut lp, EchoOptions::default());
+    let got = Rc::new(RefCell::new(None));
+    let g = got.clone();
+    let done = Rc::new(Cell::new(0));
+    let d = done.clone();
+    Tcp::connect(&mut lp, addr, move |lp, tcp, r| {
+        r.unwrap();
+        // The socket is idle: try_write hands bytes to the kernel at once.
+        let n = tcp.try_write(lp, b"one ").unwrap();
+        assert_eq!(n, 4);
+        let parts = ["two ", "three ", "four "].map(|p| Bytes::from_static(p.as_bytes()));
+        let d2 = d.clone();
+        tcp.write_vectored(lp, parts, move |_, _, r| {
+            r.unwrap();
+            d2.set(d2.get() + 1);
+        })
+        .unwrap();
+        // Writes are queued behind the vectored one... or already written; either
+        // way try_write never jumps the queue.
+        if tcp.write_queue_size(lp) > 0 {
+            assert_eq!(tcp.try_write(lp, b"x").unwrap(), 0);
+        }
+        tcp.write(lp, &b"five"[..], |_, _, r| r.unwrap()).unwrap();
+        tcp.shutdown(lp, |_, _, r| r.unwrap()).unwrap();
+        let mut all = Vec::new();
+        let g = g.clone();
+        tcp.start_read(lp, move |lp, tcp, r| match r.unwrap() {
+            Some(b) => all.extend_from_slice(&b),
+            None => {
+                *g.borrow_mut() = Some(std::mem::take(&mut all));
+                tcp.close(lp, |_, _| {});
+            }
+        })
+        .unwrap();
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || got.borrow().is_some());
+    assert_eq!(
+        got.borrow().as_deref(),
+        Some(&b"one two three four five"[..])
+    );
+    assert_eq!(done.get(), 1, "one callback for the vectored write");
+    listener.close(&mut lp);
+    run_to_end(&mut lp, LIMIT);
+}
+
+#[test]
+fn signal_handle_runs_its_callback_on_the_loop() {
+    use biotls::Signal;
+    use biotls::signal::SIGUSR1;
+    let mut lp = Loop::new().unwrap();
+    let sig = Signal::new(&mut lp).unwrap();
+    let caught = Rc::new(Cell::new(0));
+    let c = caught.clone();
+    sig.start(&mut lp, &[SIGUSR1], move |lp, sig, signum| {
+        assert_eq!(signum, SIGUSR1);
+        c.set(c.get() + 1);
+        sig.close(lp);
+    })
+    .unwrap();
+    signal_hook::low_level::raise(SIGUSR1).unwrap();
+    run_to_end(&mut lp, LIMIT);
+    assert_eq!(caught.get(), 1);
+}
