@@ -30,6 +30,7 @@ use crate::tcp::Tcp;
 use crate::timer::Timer;
 
 mod idle;
+mod queues;
 
 /// Default time allowed for a handshake before the handle fails with
 /// [`Error::TimedOut`]`("TLS handshake")`.
