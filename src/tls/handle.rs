@@ -646,6 +646,7 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
         if n == 0 {
             return Err(Error::Tls("TLS write made no progress".into()));
         }
+        // `n` is at most the plaintext taken from `pending`, which `pending_bytes` counts.
         t.pending_bytes -= n;
         t.plain_encrypted += n as u64;
         mark_encrypted(t);
@@ -760,6 +761,7 @@ fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
         let Some(req) = t.reqs.pop_front() else {
             return;
         };
+        // The front request had its `cipher_end`, so it was among the `marked`.
         t.marked -= 1;
         if direct {
             (req.cb)(lp, Ok(()));
