@@ -29,6 +29,9 @@ use crate::stream::{ReadResult, Stream};
 use crate::tcp::Tcp;
 use crate::timer::Timer;
 
+mod idle;
+mod queues;
+
 /// Default time allowed for a handshake before the handle fails with
 /// [`Error::TimedOut`]`("TLS handshake")`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,6 +131,7 @@ struct TlsState<S: Stream> {
     /// The handshake completed and its callback has yet to run.
     handshake_to_report: bool,
     handshake_timer: Option<Timer>,
+    idle: idle::Idle,
     /// Plaintext accepted by `write` and not yet encrypted.
     pending: VecDeque<Bytes>,
     pending_bytes: usize,
@@ -219,6 +223,7 @@ impl<S: Stream> Tls<S> {
             handshake_cb: None,
             handshake_to_report: false,
             handshake_timer: None,
+            idle: idle::Idle::default(),
             pending: VecDeque::new(),
             pending_bytes: 0,
             plain_queued: 0,
@@ -494,9 +499,11 @@ impl<S: Stream> Stream for Tls<S> {
         // rest afterwards, so callbacks keep the order of the writes.
         let timer = t.handshake_timer.take();
         let inner = t.inner;
+        let mut idle = std::mem::take(&mut t.idle);
         if let Some(timer) = timer {
             timer.close(lp);
         }
+        idle.stop(lp);
         if inner.is_open(lp) {
             inner.close(lp, move |lp, _| finish_close::<S>(lp, id));
         } else {
@@ -638,6 +645,7 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
         if n == 0 {
             return Err(Error::Tls("TLS write made no progress".into()));
         }
+        // `n` is at most the plaintext taken from `pending`, which `pending_bytes` counts.
         t.pending_bytes -= n;
         t.plain_encrypted += n as u64;
         mark_encrypted(t);
@@ -721,9 +729,11 @@ fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
 }
 
 fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>) {
+    let now = lp.now();
     let Some(t) = st_any::<S>(lp, id) else { return };
     match r {
         Ok(()) => {
+            t.idle.touch(now);
             t.cipher_acked = t.cipher_acked.max(end);
             complete_acked::<S>(lp, id, true);
         }
@@ -750,6 +760,7 @@ fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
         let Some(req) = t.reqs.pop_front() else {
             return;
         };
+        // The front request had its `cipher_end`, so it was among the `marked`.
         t.marked -= 1;
         if direct {
             (req.cb)(lp, Ok(()));
@@ -783,9 +794,13 @@ fn update_inner_reading<S: Stream>(lp: &mut Loop, id: RawId) {
 }
 
 fn on_inner_read<S: Stream>(lp: &mut Loop, id: RawId, r: ReadResult) {
+    let now = lp.now();
     let Some(t) = st::<S>(lp, id) else { return };
     match r {
-        Ok(Some(data)) => t.session.feed_ciphertext(data),
+        Ok(Some(data)) => {
+            t.idle.touch(now);
+            t.session.feed_ciphertext(data);
+        }
         Ok(None) => {
             t.inner_eof = true;
             t.inner_reading = false;
@@ -909,6 +924,9 @@ fn report_failure<S: Stream>(lp: &mut Loop, id: RawId) {
     if let Some(timer) = t.handshake_timer.take() {
         timer.close(lp);
     }
+    let Some(t) = st::<S>(lp, id) else { return };
+    let mut idle = std::mem::take(&mut t.idle);
+    idle.stop(lp);
     let Some(t) = st::<S>(lp, id) else { return };
     t.marked = 0;
     let reqs: Vec<_> = t.reqs.drain(..).collect();

@@ -73,6 +73,7 @@ impl Read for MemDuplex {
                 self.rx.pop_front();
             }
         }
+        // Cannot underflow: `copied` came out of `rx`, whose total `rx_len` counts.
         self.rx_len -= copied;
         if copied == 0 && !self.eof {
             return Err(io::ErrorKind::WouldBlock.into());
