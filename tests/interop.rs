@@ -542,3 +542,72 @@ fn mtls_server_refuses_s_client_without_a_client_certificate() {
         other => panic!("expected a refused handshake, got {other:?}"),
     }
 }
+
+fn alpn_server(pki: &Pki) -> EchoServer {
+    let acceptor = TlsAcceptor::builder(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap()
+    .alpn_protocols(&[b"h2", b"http/1.1"])
+    .unwrap()
+    .build();
+    EchoServer::start(acceptor)
+}
+
+#[test]
+fn openssl_s_client_alpn_gets_the_servers_preferred_protocol() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = alpn_server(&pki);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_3").args(["-alpn", "http/1.1,h2"]),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.stdout.contains("ALPN protocol: h2"), "{ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}
+
+#[test]
+fn openssl_s_client_alpn_without_overlap_is_refused() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = alpn_server(&pki);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_2").args(["-alpn", "imap"]),
+        LINES.as_bytes(),
+        None,
+        LIMIT,
+    );
+    assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
+    assert!(ran.stderr.contains("no application protocol"), "{ran:#?}");
+    assert_eq!(server.ends(1).len(), 1);
+    assert!(server.ends(1)[0].is_err());
+}
+
+#[test]
+fn openssl_s_client_without_alpn_is_served_by_an_alpn_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = alpn_server(&pki);
+    let ran = run_peer(
+        &mut s_client(server.port, &dir, "-tls1_3"),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.stdout.contains("No ALPN negotiated"), "{ran:#?}");
+}

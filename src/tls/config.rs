@@ -7,9 +7,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use openssl::pkey::PKey;
+use std::sync::Arc;
+
 use openssl::ssl::{
-    SslAcceptor, SslConnector, SslContext, SslContextBuilder, SslContextRef, SslMethod, SslMode,
-    SslOptions, SslVerifyMode, SslVersion,
+    AlpnError, SslAcceptor, SslConnector, SslContext, SslContextBuilder, SslContextRef, SslMethod,
+    SslMode, SslOptions, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
@@ -123,6 +125,40 @@ fn load_system_roots(ctx: &mut SslContextBuilder) -> usize {
     loaded
 }
 
+/// Encodes ALPN protocol names in the wire format (each prefixed by its length).
+fn alpn_wire(protocols: &[&[u8]]) -> Result<Vec<u8>> {
+    if protocols.is_empty() {
+        return Err(Error::config("ALPN: empty protocol list"));
+    }
+    let mut wire = Vec::new();
+    for p in protocols {
+        let len = u8::try_from(p.len())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::config("ALPN: a protocol name must be 1 to 255 bytes"))?;
+        wire.push(len);
+        wire.extend_from_slice(p);
+    }
+    Ok(wire)
+}
+
+/// Splits an ALPN wire-format list into its names (a malformed tail is ignored).
+fn alpn_names(mut wire: &[u8]) -> Vec<&[u8]> {
+    let mut names = Vec::new();
+    while let Some((&len, rest)) = wire.split_first() {
+        let Some((name, tail)) = rest.split_at_checked(len as usize) else {
+            break;
+        };
+        names.push(name);
+        wire = tail;
+    }
+    names
+}
+
+/// A server's ALPN selection callback: the SNI name (if any) and the client's offers, in
+/// the client's order; returns the chosen protocol or `None` to refuse the connection.
+type AlpnSelect = dyn for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync;
+
 /// Server-side TLS configuration: a certificate chain, its key, and policy.
 ///
 /// Cheap to clone (it wraps a reference-counted `SSL_CTX`). Create sessions with
@@ -158,7 +194,10 @@ impl TlsAcceptor {
         builder
             .set_session_id_context(SESSION_ID_CONTEXT)
             .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
-        Ok(TlsAcceptorBuilder { ctx: builder })
+        Ok(TlsAcceptorBuilder {
+            ctx: builder,
+            alpn: None,
+        })
     }
 
     /// Like [`builder`](Self::builder), reading the chain and the key from PEM files.
@@ -192,6 +231,7 @@ impl TlsAcceptor {
 /// Builds a [`TlsAcceptor`].
 pub struct TlsAcceptorBuilder {
     ctx: openssl::ssl::SslAcceptorBuilder,
+    alpn: Option<Arc<AlpnSelect>>,
 }
 
 impl fmt::Debug for TlsAcceptorBuilder {
@@ -223,18 +263,74 @@ impl TlsAcceptorBuilder {
         with_path(path, |pem| self.require_client_cert(pem))
     }
 
+    /// Negotiates ALPN (RFC 7301) with the server's `protocols`, in the server's order of
+    /// preference: the first of them that the client also offers is selected.
+    ///
+    /// A client that offers none of them is refused with a `no_application_protocol`
+    /// alert; a client that offers no ALPN at all is served without a protocol. Without
+    /// this call (or [`alpn_select`](Self::alpn_select)) the server ignores what clients
+    /// offer. The choice is in [`SessionInfo::alpn`](super::SessionInfo::alpn).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty list or a name that is empty or over 255 bytes.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::TlsAcceptor;
+    ///
+    /// let acceptor = TlsAcceptor::builder_from_files("certs/server.pem", "certs/server.key")?
+    ///     .alpn_protocols(&[b"h2", b"http/1.1"])?
+    ///     .build();
+    /// # let _ = acceptor;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn alpn_protocols(self, protocols: &[&[u8]]) -> Result<Self> {
+        alpn_wire(protocols)?; // validates the names
+        let ours: Vec<Vec<u8>> = protocols.iter().map(|p| p.to_vec()).collect();
+        Ok(self.alpn_select(move |_, offered| {
+            // Ours first: the server's preference decides.
+            ours.iter()
+                .find_map(|p| offered.iter().find(|o| **o == p.as_slice()).copied())
+        }))
+    }
+
+    /// Selects the ALPN protocol with `select`, called with the SNI name the client sent
+    /// (if any) and the protocols it offers (in its order). Returning `None` refuses the
+    /// connection with a `no_application_protocol` alert. Not called for clients that
+    /// offer no ALPN. Replaces [`alpn_protocols`](Self::alpn_protocols).
+    pub fn alpn_select<F>(mut self, select: F) -> Self
+    where
+        F: for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync + 'static,
+    {
+        self.alpn = Some(Arc::new(select));
+        self
+    }
+
     /// The underlying OpenSSL context builder, for settings this builder does not wrap
-    /// (verify callbacks, groups, ALPN selection, ...).
+    /// (verify callbacks, groups, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
         &mut self.ctx
     }
 
     /// Finishes the configuration.
-    pub fn build(self) -> TlsAcceptor {
+    pub fn build(mut self) -> TlsAcceptor {
+        if let Some(select) = self.alpn.take() {
+            set_alpn_select(&mut self.ctx, select);
+        }
         TlsAcceptor {
             ctx: self.ctx.build().into_context(),
         }
     }
+}
+
+/// Installs the ALPN selection callback on a server context.
+fn set_alpn_select(ctx: &mut SslContextBuilder, select: Arc<AlpnSelect>) {
+    ctx.set_alpn_select_callback(move |ssl, client| {
+        let offered = alpn_names(client);
+        let name = ssl.servername(openssl::ssl::NameType::HOST_NAME);
+        // RFC 7301 3.2: no protocol in common is a fatal no_application_protocol alert.
+        select(name, &offered).ok_or(AlpnError::ALERT_FATAL)
+    });
 }
 
 /// Client-side TLS configuration: trusted CAs, an optional client certificate, policy.
@@ -380,8 +476,30 @@ impl TlsConnectorBuilder {
         self
     }
 
+    /// Offers ALPN (RFC 7301) `protocols`, most preferred first. The server's choice is in
+    /// [`SessionInfo::alpn`](super::SessionInfo::alpn) (`None` if the server ignored ALPN).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty list or a name that is empty or over 255 bytes.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::TlsConnector;
+    ///
+    /// let connector = TlsConnector::builder()?.alpn_protocols(&[b"h2", b"http/1.1"])?.build();
+    /// # let _ = connector;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn alpn_protocols(mut self, protocols: &[&[u8]]) -> Result<Self> {
+        let wire = alpn_wire(protocols)?;
+        self.ctx
+            .set_alpn_protos(&wire)
+            .map_err(|e| Error::Config(format!("ALPN: {}", stack_message(&e))))?;
+        Ok(self)
+    }
+
     /// The underlying OpenSSL context builder, for settings this builder does not wrap
-    /// (ALPN protocols, verify callbacks, groups, protocol versions, ...).
+    /// (verify callbacks, groups, protocol versions, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
         &mut self.ctx
     }

@@ -1,0 +1,204 @@
+//! TLS features between our own client and server over loopback: ALPN, SNI certificate
+//! selection, session resumption, key logging, KeyUpdate, per-handle stats.
+
+mod util;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use biotls::echo::{EchoOptions, echo};
+use biotls::pki::Pki;
+use biotls::tls::{SessionInfo, Tls, TlsAcceptor, TlsConnector};
+use biotls::{Error, Loop, Stream, Tcp, TcpListener};
+use util::run_until;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn pki() -> Pki {
+    Pki::generate(&["localhost"]).unwrap()
+}
+
+fn acceptor_builder(pki: &Pki) -> biotls::tls::TlsAcceptorBuilder {
+    TlsAcceptor::builder(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap()
+}
+
+fn connector_builder(pki: &Pki) -> biotls::tls::TlsConnectorBuilder {
+    TlsConnector::builder()
+        .unwrap()
+        .ca_pem(pki.ca_pem.as_bytes())
+        .unwrap()
+}
+
+/// Handshake outcomes seen by the server, in order.
+type ServerSide = Rc<RefCell<Vec<Result<SessionInfo, Error>>>>;
+
+/// An echo server on an ephemeral port recording each handshake's outcome.
+fn server(lp: &mut Loop, acceptor: TlsAcceptor) -> (TcpListener, SocketAddr, ServerSide) {
+    let listener = TcpListener::bind(lp, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr(lp).unwrap();
+    let seen: ServerSide = Rc::default();
+    let s = seen.clone();
+    listener
+        .listen(lp, move |lp, _, accepted| {
+            let tls = Tls::server(lp, accepted.unwrap(), &acceptor).unwrap();
+            let s = s.clone();
+            tls.on_handshake(lp, move |lp, tls, r| {
+                s.borrow_mut().push(r.map(|()| tls.info(lp).unwrap()));
+            })
+            .unwrap();
+            echo(lp, tls, EchoOptions::default()).unwrap();
+        })
+        .unwrap();
+    (listener, addr, seen)
+}
+
+/// What our client saw: the negotiated parameters once the echo came back, or the error.
+type ClientSide = Rc<RefCell<Option<Result<SessionInfo, Error>>>>;
+
+/// Connects to `addr` as `name`, sends a line, waits for its echo, shuts down cleanly.
+fn client(lp: &mut Loop, addr: SocketAddr, connector: &TlsConnector, name: &str) -> ClientSide {
+    let out: ClientSide = Rc::default();
+    let tcp = Tcp::connect(lp, addr, |_, _, _| {}).unwrap();
+    let tls = Tls::client(lp, tcp, connector, name).unwrap();
+    tls.write(lp, &b"ping\n"[..], |_, _, _| {}).unwrap();
+    let o = out.clone();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    tls.start_read(lp, move |lp, tls, r| match r {
+        Ok(Some(b)) => {
+            got.borrow_mut().extend_from_slice(&b);
+            if got.borrow().as_slice() == b"ping\n" {
+                *o.borrow_mut() = Some(Ok(tls.info(lp).unwrap()));
+                // A clean close keeps the session resumable.
+                let _ = tls.shutdown(lp, |lp, tls, _| tls.close(lp, |_, _| {}));
+            }
+        }
+        Ok(None) => tls.close(lp, |_, _| {}),
+        Err(e) => {
+            if o.borrow().is_none() {
+                *o.borrow_mut() = Some(Err(e));
+            }
+            tls.close(lp, |_, _| {});
+        }
+    })
+    .unwrap();
+    out
+}
+
+/// One connection: the client's and the server's view.
+fn exchange(
+    acceptor: TlsAcceptor,
+    connector: &TlsConnector,
+    name: &str,
+) -> (Result<SessionInfo, Error>, Result<SessionInfo, Error>) {
+    let mut lp = Loop::new().unwrap();
+    let (listener, addr, seen) = server(&mut lp, acceptor);
+    let c = client(&mut lp, addr, connector, name);
+    run_until(&mut lp, LIMIT, || {
+        c.borrow().is_some() && !seen.borrow().is_empty()
+    });
+    listener.close(&mut lp);
+    let client = c.borrow_mut().take().unwrap();
+    let server = seen.borrow_mut().remove(0);
+    (client, server)
+}
+
+#[test]
+fn alpn_selects_by_the_servers_preference() {
+    let pki = pki();
+    let acceptor = acceptor_builder(&pki)
+        .alpn_protocols(&[b"h2", b"http/1.1"])
+        .unwrap()
+        .build();
+    let connector = connector_builder(&pki)
+        .alpn_protocols(&[b"http/1.1", b"h2"])
+        .unwrap()
+        .build();
+    let (c, s) = exchange(acceptor, &connector, "localhost");
+    assert_eq!(c.unwrap().alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(s.unwrap().alpn.as_deref(), Some(&b"h2"[..]));
+}
+
+#[test]
+fn alpn_without_overlap_is_refused_with_no_application_protocol() {
+    let pki = pki();
+    let acceptor = acceptor_builder(&pki)
+        .alpn_protocols(&[b"h2"])
+        .unwrap()
+        .build();
+    let connector = connector_builder(&pki)
+        .alpn_protocols(&[b"imap"])
+        .unwrap()
+        .build();
+    let (c, s) = exchange(acceptor, &connector, "localhost");
+    match c {
+        Err(Error::Handshake(text)) => assert!(text.contains("no application protocol"), "{text}"),
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+    assert!(matches!(s, Err(Error::Handshake(_))), "{s:?}");
+}
+
+#[test]
+fn a_client_offering_no_alpn_is_served_without_a_protocol() {
+    let pki = pki();
+    let acceptor = acceptor_builder(&pki)
+        .alpn_protocols(&[b"h2"])
+        .unwrap()
+        .build();
+    let (c, s) = exchange(acceptor, &pki.connector().unwrap(), "localhost");
+    assert_eq!(c.unwrap().alpn, None);
+    assert_eq!(s.unwrap().alpn, None);
+}
+
+#[test]
+fn a_server_without_alpn_ignores_the_clients_offer() {
+    let pki = pki();
+    let connector = connector_builder(&pki)
+        .alpn_protocols(&[b"h2"])
+        .unwrap()
+        .build();
+    let (c, s) = exchange(pki.acceptor().unwrap(), &connector, "localhost");
+    assert_eq!(c.unwrap().alpn, None);
+    assert_eq!(s.unwrap().alpn, None);
+}
+
+#[test]
+fn alpn_select_callback_sees_the_offers_and_the_server_name() {
+    let pki = pki();
+    let acceptor = acceptor_builder(&pki)
+        .alpn_select(|name, offered| {
+            assert_eq!(name, Some("localhost"));
+            assert_eq!(offered, [&b"a"[..], b"b", b"c"]);
+            offered.last().copied()
+        })
+        .build();
+    let connector = connector_builder(&pki)
+        .alpn_protocols(&[b"a", b"b", b"c"])
+        .unwrap()
+        .build();
+    let (c, _) = exchange(acceptor, &connector, "localhost");
+    assert_eq!(c.unwrap().alpn.as_deref(), Some(&b"c"[..]));
+}
+
+#[test]
+fn alpn_rejects_empty_and_oversized_names() {
+    let pki = pki();
+    assert!(matches!(
+        acceptor_builder(&pki).alpn_protocols(&[]),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        connector_builder(&pki).alpn_protocols(&[b""]),
+        Err(Error::Config(_))
+    ));
+    let long = [b'x'; 256];
+    assert!(matches!(
+        connector_builder(&pki).alpn_protocols(&[&long]),
+        Err(Error::Config(_))
+    ));
+}
