@@ -12,6 +12,7 @@ use biotls::echo::{EchoOptions, echo};
 use biotls::pki::Pki;
 use biotls::tls::{SessionInfo, Tls, TlsAcceptor, TlsConnector};
 use biotls::{Error, Loop, Stream, Tcp, TcpListener};
+use openssl::x509::X509;
 use util::run_until;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -58,8 +59,27 @@ fn server(lp: &mut Loop, acceptor: TlsAcceptor) -> (TcpListener, SocketAddr, Ser
     (listener, addr, seen)
 }
 
-/// What our client saw: the negotiated parameters once the echo came back, or the error.
-type ClientSide = Rc<RefCell<Option<Result<SessionInfo, Error>>>>;
+/// What our client saw once the echo came back.
+#[derive(Debug)]
+struct Seen {
+    info: SessionInfo,
+    /// The DNS names of the server's certificate.
+    cert_names: Vec<String>,
+}
+
+/// Our client's outcome: what it saw, or the error.
+type ClientSide = Rc<RefCell<Option<Result<Seen, Error>>>>;
+
+fn dns_names(cert: Option<X509>) -> Vec<String> {
+    cert.and_then(|c| c.subject_alt_names())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.dnsname().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// Connects to `addr` as `name`, sends a line, waits for its echo, shuts down cleanly.
 fn client(lp: &mut Loop, addr: SocketAddr, connector: &TlsConnector, name: &str) -> ClientSide {
@@ -73,7 +93,10 @@ fn client(lp: &mut Loop, addr: SocketAddr, connector: &TlsConnector, name: &str)
         Ok(Some(b)) => {
             got.borrow_mut().extend_from_slice(&b);
             if got.borrow().as_slice() == b"ping\n" {
-                *o.borrow_mut() = Some(Ok(tls.info(lp).unwrap()));
+                *o.borrow_mut() = Some(Ok(Seen {
+                    info: tls.info(lp).unwrap(),
+                    cert_names: dns_names(tls.peer_certificate(lp).unwrap()),
+                }));
                 // A clean close keeps the session resumable.
                 let _ = tls.shutdown(lp, |lp, tls, _| tls.close(lp, |_, _| {}));
             }
@@ -95,7 +118,7 @@ fn exchange(
     acceptor: TlsAcceptor,
     connector: &TlsConnector,
     name: &str,
-) -> (Result<SessionInfo, Error>, Result<SessionInfo, Error>) {
+) -> (Result<Seen, Error>, Result<SessionInfo, Error>) {
     let mut lp = Loop::new().unwrap();
     let (listener, addr, seen) = server(&mut lp, acceptor);
     let c = client(&mut lp, addr, connector, name);
@@ -120,7 +143,7 @@ fn alpn_selects_by_the_servers_preference() {
         .unwrap()
         .build();
     let (c, s) = exchange(acceptor, &connector, "localhost");
-    assert_eq!(c.unwrap().alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(c.unwrap().info.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(s.unwrap().alpn.as_deref(), Some(&b"h2"[..]));
 }
 
@@ -151,7 +174,7 @@ fn a_client_offering_no_alpn_is_served_without_a_protocol() {
         .unwrap()
         .build();
     let (c, s) = exchange(acceptor, &pki.connector().unwrap(), "localhost");
-    assert_eq!(c.unwrap().alpn, None);
+    assert_eq!(c.unwrap().info.alpn, None);
     assert_eq!(s.unwrap().alpn, None);
 }
 
@@ -163,7 +186,7 @@ fn a_server_without_alpn_ignores_the_clients_offer() {
         .unwrap()
         .build();
     let (c, s) = exchange(pki.acceptor().unwrap(), &connector, "localhost");
-    assert_eq!(c.unwrap().alpn, None);
+    assert_eq!(c.unwrap().info.alpn, None);
     assert_eq!(s.unwrap().alpn, None);
 }
 
@@ -182,7 +205,7 @@ fn alpn_select_callback_sees_the_offers_and_the_server_name() {
         .unwrap()
         .build();
     let (c, _) = exchange(acceptor, &connector, "localhost");
-    assert_eq!(c.unwrap().alpn.as_deref(), Some(&b"c"[..]));
+    assert_eq!(c.unwrap().info.alpn.as_deref(), Some(&b"c"[..]));
 }
 
 #[test]
@@ -201,4 +224,111 @@ fn alpn_rejects_empty_and_oversized_names() {
         connector_builder(&pki).alpn_protocols(&[&long]),
         Err(Error::Config(_))
     ));
+}
+
+/// A server for `localhost`/127.0.0.1 by default, `alpha.test` and `*.beta.test` by SNI,
+/// each from its own CA; and a connector trusting all three CAs.
+fn sni_setup(alpn: bool) -> (TlsAcceptor, TlsConnector) {
+    let default = Pki::generate(&["localhost", "127.0.0.1"]).unwrap();
+    let alpha = Pki::generate(&["alpha.test"]).unwrap();
+    let beta = Pki::generate(&["*.beta.test"]).unwrap();
+    let mut builder = acceptor_builder(&default)
+        .sni_certificate(
+            "alpha.test",
+            alpha.server_chain_pem.as_bytes(),
+            alpha.server_key_pem.as_bytes(),
+        )
+        .unwrap()
+        .sni_certificate(
+            "*.beta.test",
+            beta.server_chain_pem.as_bytes(),
+            beta.server_key_pem.as_bytes(),
+        )
+        .unwrap();
+    let mut connector = connector_builder(&default);
+    if alpn {
+        builder = builder.alpn_protocols(&[b"h2"]).unwrap();
+        connector = connector.alpn_protocols(&[b"h2"]).unwrap();
+    }
+    let connector = connector
+        .ca_pem(alpha.ca_pem.as_bytes())
+        .unwrap()
+        .ca_pem(beta.ca_pem.as_bytes())
+        .unwrap()
+        .build();
+    (builder.build(), connector)
+}
+
+#[test]
+fn sni_selects_the_certificate_for_each_name() {
+    for (name, cert) in [
+        ("alpha.test", "alpha.test"),
+        ("ALPHA.test", "alpha.test"),
+        ("www.beta.test", "*.beta.test"),
+        ("localhost", "localhost"),
+    ] {
+        let (acceptor, connector) = sni_setup(false);
+        // The client verifies the certificate against `name`, so a wrong pick fails.
+        let (c, s) = exchange(acceptor, &connector, name);
+        let c = c.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.cert_names[0], cert, "{name}");
+        assert_eq!(s.unwrap().server_name.as_deref(), Some(name));
+    }
+}
+
+#[test]
+fn an_unknown_or_absent_name_gets_the_default_certificate() {
+    let (acceptor, connector) = sni_setup(false);
+    // An IP address sends no SNI.
+    let (c, s) = exchange(acceptor, &connector, "127.0.0.1");
+    assert_eq!(c.unwrap().cert_names[0], "localhost");
+    assert_eq!(s.unwrap().server_name, None);
+
+    let (acceptor, connector) = sni_setup(false);
+    let (c, s) = exchange(acceptor, &connector, "gamma.test");
+    match c {
+        Err(Error::Verification(text)) => assert!(text.contains("hostname mismatch"), "{text}"),
+        other => panic!("expected the default certificate to mismatch, got {other:?}"),
+    }
+    assert!(s.is_err() || s.unwrap().server_name.as_deref() == Some("gamma.test"));
+}
+
+#[test]
+fn per_name_contexts_share_alpn() {
+    let (acceptor, connector) = sni_setup(true);
+    let (c, _) = exchange(acceptor, &connector, "alpha.test");
+    let c = c.unwrap();
+    assert_eq!(c.cert_names[0], "alpha.test");
+    assert_eq!(c.info.alpn.as_deref(), Some(&b"h2"[..]));
+}
+
+#[test]
+fn per_name_contexts_share_client_certificate_verification() {
+    let default = Pki::generate(&["localhost"]).unwrap();
+    let alpha = Pki::generate(&["alpha.test"]).unwrap();
+    let acceptor = acceptor_builder(&default)
+        .sni_certificate(
+            "alpha.test",
+            alpha.server_chain_pem.as_bytes(),
+            alpha.server_key_pem.as_bytes(),
+        )
+        .unwrap()
+        .require_client_cert(default.ca_pem.as_bytes())
+        .unwrap()
+        .build();
+    // Without a client certificate: refused on the per-name context too.
+    let connector = connector_builder(&alpha).build();
+    let (_, s) = exchange(acceptor.clone(), &connector, "alpha.test");
+    assert!(matches!(s, Err(Error::Handshake(_))), "{s:?}");
+    // With one: served.
+    let connector = connector_builder(&alpha)
+        .client_cert_pem(
+            default.client_chain_pem.as_bytes(),
+            default.client_key_pem.as_bytes(),
+        )
+        .unwrap()
+        .build();
+    let (c, s) = exchange(acceptor, &connector, "alpha.test");
+    assert_eq!(c.unwrap().cert_names[0], "alpha.test");
+    assert!(s.is_ok(), "{s:?}");
 }

@@ -611,3 +611,71 @@ fn openssl_s_client_without_alpn_is_served_by_an_alpn_server() {
     assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
     assert!(ran.stdout.contains("No ALPN negotiated"), "{ran:#?}");
 }
+
+#[test]
+fn openssl_s_client_gets_the_certificate_for_the_name_it_sends() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let default = fresh_pki();
+    let named: Vec<(&str, Pki)> = ["alpha.test", "beta.test"]
+        .into_iter()
+        .map(|n| (n, Pki::generate(&[n]).unwrap()))
+        .collect();
+    let mut builder = TlsAcceptor::builder(
+        default.server_chain_pem.as_bytes(),
+        default.server_key_pem.as_bytes(),
+    )
+    .unwrap();
+    for (name, pki) in &named {
+        builder = builder
+            .sni_certificate(
+                name,
+                pki.server_chain_pem.as_bytes(),
+                pki.server_key_pem.as_bytes(),
+            )
+            .unwrap();
+    }
+    let server = EchoServer::start(builder.build());
+    let mut runs = 0;
+    for (name, pki) in named
+        .iter()
+        .map(|(n, p)| (*n, p))
+        .chain([("localhost", &default)])
+    {
+        let dir = pki_in_dir(pki);
+        // s_client checks the chain against this name's CA and the name itself.
+        let ran = run_peer(
+            Command::new("openssl")
+                .args(["s_client", "-connect"])
+                .arg(format!("127.0.0.1:{}", server.port))
+                .args(["-servername", name, "-verify_hostname", name])
+                .args(["-verify_return_error", "-CAfile"])
+                .arg(dir.file("ca.pem")),
+            LINES.as_bytes(),
+            Some(LINES),
+            LIMIT,
+        );
+        runs += 1;
+        assert!(ran.stdout.contains(LINES), "{name}: no echo: {ran:#?}");
+        let subject = ran
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or_default()
+            .replace(' ', "");
+        assert!(
+            subject.starts_with(&format!("subject=CN={name},")),
+            "{name}: {subject}"
+        );
+        assert!(
+            ran.stdout.contains(&format!("Verified peername: {name}")),
+            "{ran:#?}"
+        );
+        assert!(
+            ran.stdout.contains("Verify return code: 0 (ok)"),
+            "{ran:#?}"
+        );
+        assert_eq!(server.ends(runs).last(), Some(&Ok(())));
+    }
+}

@@ -10,8 +10,8 @@ use openssl::pkey::PKey;
 use std::sync::Arc;
 
 use openssl::ssl::{
-    AlpnError, SslAcceptor, SslConnector, SslContext, SslContextBuilder, SslContextRef, SslMethod,
-    SslMode, SslOptions, SslVerifyMode, SslVersion,
+    AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslConnector, SslContext,
+    SslContextBuilder, SslContextRef, SslMethod, SslMode, SslOptions, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
@@ -182,21 +182,11 @@ impl TlsAcceptor {
     /// preferred), no compression, no renegotiation, no client certificate requested,
     /// partial writes enabled.
     pub fn builder(chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptorBuilder> {
-        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
-            .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
-        set_identity(&mut builder, chain_pem, key_pem)?;
-        builder.set_mode(
-            SslMode::ENABLE_PARTIAL_WRITE
-                | SslMode::ACCEPT_MOVING_WRITE_BUFFER
-                | SslMode::RELEASE_BUFFERS,
-        );
-        builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
-        builder
-            .set_session_id_context(SESSION_ID_CONTEXT)
-            .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
         Ok(TlsAcceptorBuilder {
-            ctx: builder,
+            ctx: server_context(chain_pem, key_pem)?,
+            names: Vec::new(),
             alpn: None,
+            client_cas: Vec::new(),
         })
     }
 
@@ -228,10 +218,35 @@ impl TlsAcceptor {
     }
 }
 
+/// A server context with the defaults of [`TlsAcceptor::builder`] and one identity.
+fn server_context(chain_pem: &[u8], key_pem: &[u8]) -> Result<SslAcceptorBuilder> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+        .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
+    set_identity(&mut builder, chain_pem, key_pem)?;
+    builder.set_mode(
+        SslMode::ENABLE_PARTIAL_WRITE
+            | SslMode::ACCEPT_MOVING_WRITE_BUFFER
+            | SslMode::RELEASE_BUFFERS,
+    );
+    builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
+    builder
+        .set_session_id_context(SESSION_ID_CONTEXT)
+        .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
+    Ok(builder)
+}
+
 /// Builds a [`TlsAcceptor`].
+///
+/// Settings made with its methods apply to the default certificate's context and to
+/// every per-name context added with [`sni_certificate`](Self::sni_certificate) alike.
 pub struct TlsAcceptorBuilder {
-    ctx: openssl::ssl::SslAcceptorBuilder,
+    /// The default certificate's context (also the session and ticket-key context).
+    ctx: SslAcceptorBuilder,
+    /// SNI name (lowercase, possibly `*.domain`) -> its context, in the order added.
+    names: Vec<(String, SslAcceptorBuilder)>,
     alpn: Option<Arc<AlpnSelect>>,
+    /// CAs for client certificates (mutual TLS), if required.
+    client_cas: Vec<X509>,
 }
 
 impl fmt::Debug for TlsAcceptorBuilder {
@@ -245,14 +260,12 @@ impl TlsAcceptorBuilder {
     /// (mutual TLS). The handshake fails if the client sends none or an untrusted one.
     /// The CAs are also sent to clients as the list of acceptable issuers.
     pub fn require_client_cert(mut self, ca_pem: &[u8]) -> Result<Self> {
-        let cas = add_trusted(&mut self.ctx, "client CA", ca_pem)?;
-        for ca in &cas {
-            self.ctx
-                .add_client_ca(ca)
-                .map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
+        let cas = parse_certs("client CA", ca_pem)?;
+        require_client_cas(&mut self.ctx, &cas)?;
+        for (_, named) in &mut self.names {
+            require_client_cas(named, &cas)?;
         }
-        self.ctx
-            .set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        self.client_cas.extend(cas);
         Ok(self)
     }
 
@@ -306,28 +319,136 @@ impl TlsAcceptorBuilder {
         self
     }
 
-    /// The underlying OpenSSL context builder, for settings this builder does not wrap
-    /// (verify callbacks, groups, ...).
+    /// Serves the certificate chain `chain_pem` (leaf first) with `key_pem` to clients
+    /// whose SNI name is `name` (case-insensitive; `*.example.com` matches one label).
+    /// Clients sending another name, or none, get the default certificate given to
+    /// [`TlsAcceptor::builder`]. May be called for any number of names; the first match
+    /// wins, exact names before wildcards.
+    ///
+    /// The per-name contexts share every other setting of this builder (ALPN, client
+    /// certificate verification, key logging, session id context), and the session cache
+    /// and ticket keys of the default context. Settings made through
+    /// [`context_builder_mut`](Self::context_builder_mut) apply to the default context only.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty name, or a chain or key that cannot be used.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::TlsAcceptor;
+    ///
+    /// let acceptor = TlsAcceptor::builder_from_files("certs/server.pem", "certs/server.key")?
+    ///     .sni_certificate_files("api.example.com", "certs/api.pem", "certs/api.key")?
+    ///     .build();
+    /// # let _ = acceptor;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn sni_certificate(mut self, name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(Error::config("SNI certificate: empty server name"));
+        }
+        let ctx = server_context(chain_pem, key_pem).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("SNI certificate for {name}: {msg}")),
+            other => other,
+        })?;
+        self.names.push((name, ctx));
+        Ok(self)
+    }
+
+    /// Like [`sni_certificate`](Self::sni_certificate), reading PEM files.
+    pub fn sni_certificate_files(
+        self,
+        name: &str,
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let chain_pem = read_file(chain)?;
+        let key_pem = read_file(key)?;
+        self.sni_certificate(name, &chain_pem, &key_pem)
+            .map_err(|e| match e {
+                Error::Config(msg) => {
+                    Error::Config(format!("{} / {}: {msg}", chain.display(), key.display()))
+                }
+                other => other,
+            })
+    }
+
+    /// The underlying OpenSSL context builder of the default certificate, for settings
+    /// this builder does not wrap (verify callbacks, groups, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
         &mut self.ctx
     }
 
     /// Finishes the configuration.
-    pub fn build(mut self) -> TlsAcceptor {
-        if let Some(select) = self.alpn.take() {
-            set_alpn_select(&mut self.ctx, select);
+    pub fn build(self) -> TlsAcceptor {
+        let TlsAcceptorBuilder {
+            mut ctx,
+            names,
+            alpn,
+            ..
+        } = self;
+        let mut exact: Vec<(String, SslContext)> = Vec::new();
+        let mut wildcard: Vec<(String, SslContext)> = Vec::new();
+        for (name, mut named) in names {
+            if let Some(select) = &alpn {
+                set_alpn_select(&mut named, Arc::clone(select));
+            }
+            let built = named.build().into_context();
+            match name.strip_prefix("*.") {
+                Some(domain) => wildcard.push((domain.to_owned(), built)),
+                None => exact.push((name, built)),
+            }
+        }
+        if let Some(select) = alpn {
+            set_alpn_select(&mut ctx, select);
+        }
+        if !exact.is_empty() || !wildcard.is_empty() {
+            ctx.set_servername_callback(move |ssl, _alert| {
+                let Some(name) = ssl.servername(NameType::HOST_NAME) else {
+                    return Ok(()); // no SNI: the default certificate
+                };
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                let parent = name.split_once('.').map(|(_, rest)| rest);
+                let found = exact
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .or_else(|| wildcard.iter().find(|(d, _)| Some(d.as_str()) == parent));
+                match found {
+                    // Switches certificate and key (and the verify store, which holds the
+                    // same CAs); the session cache and ticket keys stay the default's.
+                    Some((_, named)) => ssl
+                        .set_ssl_context(named)
+                        .map_err(|_| SniError::ALERT_FATAL),
+                    None => Ok(()), // an unknown name: the default certificate
+                }
+            });
         }
         TlsAcceptor {
-            ctx: self.ctx.build().into_context(),
+            ctx: ctx.build().into_context(),
         }
     }
+}
+
+/// Makes `ctx` require client certificates issued by `cas`, and name them to clients.
+fn require_client_cas(ctx: &mut SslContextBuilder, cas: &[X509]) -> Result<()> {
+    for ca in cas {
+        let added = ctx
+            .cert_store_mut()
+            .add_cert(ca.clone())
+            .and_then(|()| ctx.add_client_ca(ca));
+        added.map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
+    }
+    ctx.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    Ok(())
 }
 
 /// Installs the ALPN selection callback on a server context.
 fn set_alpn_select(ctx: &mut SslContextBuilder, select: Arc<AlpnSelect>) {
     ctx.set_alpn_select_callback(move |ssl, client| {
         let offered = alpn_names(client);
-        let name = ssl.servername(openssl::ssl::NameType::HOST_NAME);
+        let name = ssl.servername(NameType::HOST_NAME);
         // RFC 7301 3.2: no protocol in common is a fatal no_application_protocol alert.
         select(name, &offered).ok_or(AlpnError::ALERT_FATAL)
     });
