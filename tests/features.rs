@@ -12,8 +12,9 @@ use biotls::echo::{EchoOptions, echo};
 use biotls::pki::Pki;
 use biotls::tls::{SessionInfo, Tls, TlsAcceptor, TlsConnector};
 use biotls::{Error, Loop, Stream, Tcp, TcpListener};
+use openssl::ssl::{SslOptions, SslVersion};
 use openssl::x509::X509;
-use util::run_until;
+use util::{run_to_end, run_until};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -126,6 +127,9 @@ fn exchange(
         c.borrow().is_some() && !seen.borrow().is_empty()
     });
     listener.close(&mut lp);
+    // Both ends finish with close_notify: a server session freed without it would be
+    // dropped from the server's session cache.
+    run_to_end(&mut lp, LIMIT);
     let client = c.borrow_mut().take().unwrap();
     let server = seen.borrow_mut().remove(0);
     (client, server)
@@ -331,4 +335,119 @@ fn per_name_contexts_share_client_certificate_verification() {
     let (c, s) = exchange(acceptor, &connector, "alpha.test");
     assert_eq!(c.unwrap().cert_names[0], "alpha.test");
     assert!(s.is_ok(), "{s:?}");
+}
+
+/// Two connections with the same connector: (first, second) as the client and the server
+/// saw them.
+fn twice(acceptor: &TlsAcceptor, connector: &TlsConnector) -> [(Seen, SessionInfo); 2] {
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let (c, s) = exchange(acceptor.clone(), connector, "localhost");
+        out.push((c.unwrap(), s.unwrap()));
+    }
+    out.try_into().unwrap()
+}
+
+#[test]
+fn tls13_sessions_resume_with_a_ticket() {
+    let pki = pki();
+    let acceptor = pki.acceptor().unwrap();
+    let connector = pki.connector().unwrap();
+    let [(c1, s1), (c2, s2)] = twice(&acceptor, &connector);
+    assert_eq!(c1.info.version, "TLSv1.3");
+    assert!(!c1.info.resumed && !s1.resumed);
+    assert!(c2.info.resumed && s2.resumed);
+    // The server's certificate is known from the first handshake.
+    assert_eq!(c2.cert_names, ["localhost"]);
+    // Tickets are used once: the second connection brought new ones.
+    assert!(connector.cached_sessions("localhost") >= 1);
+}
+
+fn tls12_connector(pki: &Pki) -> TlsConnector {
+    let mut builder = connector_builder(pki);
+    builder
+        .context_builder_mut()
+        .set_max_proto_version(Some(SslVersion::TLS1_2))
+        .unwrap();
+    builder.build()
+}
+
+#[test]
+fn tls12_sessions_resume_with_a_ticket() {
+    let pki = pki();
+    let connector = tls12_connector(&pki);
+    let [(c1, _), (c2, s2)] = twice(&pki.acceptor().unwrap(), &connector);
+    assert_eq!(c1.info.version, "TLSv1.2");
+    assert!(!c1.info.resumed);
+    assert!(c2.info.resumed && s2.resumed);
+    // A TLS 1.2 session is kept for further connections.
+    assert_eq!(connector.cached_sessions("localhost"), 1);
+}
+
+#[test]
+fn tls12_sessions_resume_from_the_servers_session_cache_without_tickets() {
+    let pki = pki();
+    let mut builder = acceptor_builder(&pki);
+    builder
+        .context_builder_mut()
+        .set_options(SslOptions::NO_TICKET);
+    let [(_, s1), (c2, s2)] = twice(&builder.build(), &tls12_connector(&pki));
+    assert!(!s1.resumed);
+    assert!(c2.info.resumed && s2.resumed);
+}
+
+#[test]
+fn sessions_resume_with_client_certificates() {
+    let pki = pki();
+    let acceptor = acceptor_builder(&pki)
+        .require_client_cert(pki.ca_pem.as_bytes())
+        .unwrap()
+        .build();
+    for connector in [
+        connector_builder(&pki),
+        // TLS 1.2 resumption needs the session id context set on the server.
+        TlsConnector::builder()
+            .unwrap()
+            .ca_pem(pki.ca_pem.as_bytes())
+            .unwrap(),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, mut b)| {
+        if i == 1 {
+            b.context_builder_mut()
+                .set_max_proto_version(Some(SslVersion::TLS1_2))
+                .unwrap();
+        }
+        b.client_cert_pem(
+            pki.client_chain_pem.as_bytes(),
+            pki.client_key_pem.as_bytes(),
+        )
+        .unwrap()
+        .build()
+    }) {
+        let [(_, s1), (c2, s2)] = twice(&acceptor, &connector);
+        assert!(!s1.resumed);
+        assert!(c2.info.resumed && s2.resumed, "{:?}", c2.info);
+    }
+}
+
+#[test]
+fn without_resumption_every_handshake_is_full() {
+    let pki = pki();
+    let connector = connector_builder(&pki).session_resumption(false).build();
+    let [(_, _), (c2, s2)] = twice(&pki.acceptor().unwrap(), &connector);
+    assert!(!c2.info.resumed && !s2.resumed);
+    assert_eq!(connector.cached_sessions("localhost"), 0);
+}
+
+#[test]
+fn a_session_is_offered_only_to_the_name_it_came_from() {
+    let pki = Pki::generate(&["localhost", "127.0.0.1"]).unwrap();
+    let connector = pki.connector().unwrap();
+    let acceptor = pki.acceptor().unwrap();
+    let (c1, _) = exchange(acceptor.clone(), &connector, "localhost");
+    assert!(!c1.unwrap().info.resumed);
+    let (c2, _) = exchange(acceptor, &connector, "127.0.0.1");
+    assert!(!c2.unwrap().info.resumed);
 }

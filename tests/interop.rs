@@ -679,3 +679,104 @@ fn openssl_s_client_gets_the_certificate_for_the_name_it_sends() {
         assert_eq!(server.ends(runs).last(), Some(&Ok(())));
     }
 }
+
+/// The echo and whether the session was resumed, or the error.
+type ResumeOutcome = Rc<RefCell<Option<Result<(Vec<u8>, bool), Error>>>>;
+
+/// Like [`our_client`] with a given connector; ends with our close_notify (which keeps
+/// the session resumable) and says whether the handshake resumed a session.
+fn our_resuming_client(
+    connector: &biotls::tls::TlsConnector,
+    port: u16,
+    data: &'static [u8],
+    until: usize,
+) -> Result<(Vec<u8>, bool), Error> {
+    let mut lp = Loop::new().unwrap();
+    let tcp = Tcp::connect(
+        &mut lp,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let tls = Tls::client(&mut lp, tcp, connector, "localhost").unwrap();
+    tls.write(&mut lp, data, |_, _, _| {}).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let result: ResumeOutcome = Rc::default();
+    let (g, r) = (Rc::clone(&got), Rc::clone(&result));
+    tls.start_read(&mut lp, move |lp, tls, read| match read {
+        Ok(Some(b)) => {
+            g.borrow_mut().extend_from_slice(&b);
+            if g.borrow().len() >= until && r.borrow().is_none() {
+                *r.borrow_mut() = Some(Ok((g.take(), tls.is_resumed(lp))));
+                let _ = tls.shutdown(lp, |lp, tls, _| tls.close(lp, |_, _| {}));
+            }
+        }
+        Ok(None) => tls.close(lp, |_, _| {}),
+        Err(e) => {
+            r.borrow_mut().get_or_insert(Err(e));
+            tls.close(lp, |_, _| {});
+        }
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || result.borrow().is_some());
+    // Let the close_notify go out.
+    while lp.run_once().unwrap() {}
+    result.take().unwrap()
+}
+
+#[test]
+fn our_client_resumes_sessions_with_openssl_s_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (_server, port) = s_server(
+            &dir.file("server.pem"),
+            &dir.file("server.key"),
+            &["-rev", version],
+        );
+        let connector = pki.connector().unwrap();
+        let line = b"resume me\n";
+        let (got, resumed) = our_resuming_client(&connector, port, line, line.len()).unwrap();
+        assert_eq!(got, b"em emuser\n");
+        assert!(!resumed, "{version}: first connection resumed");
+        let (_, resumed) = our_resuming_client(&connector, port, line, line.len()).unwrap();
+        assert!(resumed, "{version}: second connection not resumed");
+    }
+}
+
+#[test]
+fn openssl_s_client_resumes_a_saved_session_with_our_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    let sess = dir.file("session.pem");
+    let mut ends = 0;
+    for (version, name) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let first = run_peer(
+            s_client(server.port, &dir, version).args(["-sess_out", &sess]),
+            LINES.as_bytes(),
+            Some(LINES),
+            LIMIT,
+        );
+        assert!(first.stdout.contains(&format!("New, {name}")), "{first:#?}");
+        let second = run_peer(
+            s_client(server.port, &dir, version).args(["-sess_in", &sess]),
+            LINES.as_bytes(),
+            Some(LINES),
+            LIMIT,
+        );
+        assert!(second.stdout.contains(LINES), "no echo: {second:#?}");
+        assert!(
+            second.stdout.contains(&format!("Reused, {name}")),
+            "{version}: not resumed: {second:#?}"
+        );
+        ends += 2;
+        assert_eq!(server.ends(ends), vec![Ok(()); ends]);
+    }
+}

@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use openssl::ssl::{
     AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslConnector, SslContext,
-    SslContextBuilder, SslContextRef, SslMethod, SslMode, SslOptions, SslVerifyMode, SslVersion,
+    SslContextBuilder, SslContextRef, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 
+use super::resume::{self, SessionCache};
 use super::session::stack_message;
 use crate::{Error, Result};
 
@@ -462,12 +464,15 @@ fn set_alpn_select(ctx: &mut SslContextBuilder, select: Arc<AlpnSelect>) {
 pub struct TlsConnector {
     connector: SslConnector,
     verify: bool,
+    /// Sessions to resume, shared by the clones of this connector.
+    cache: Option<Arc<SessionCache>>,
 }
 
 impl fmt::Debug for TlsConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConnector")
             .field("verify", &self.verify)
+            .field("session_resumption", &self.cache.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -501,6 +506,7 @@ impl TlsConnector {
             ctx,
             roots_configured: false,
             verify: true,
+            resumption: true,
         })
     }
 
@@ -516,6 +522,15 @@ impl TlsConnector {
     pub(crate) fn verifies_certificates(&self) -> bool {
         self.verify
     }
+
+    pub(crate) fn session_cache(&self) -> Option<&SessionCache> {
+        self.cache.as_deref()
+    }
+
+    /// Number of resumable sessions held for `server_name` (0 with resumption off).
+    pub fn cached_sessions(&self, server_name: &str) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len(server_name))
+    }
 }
 
 /// Builds a [`TlsConnector`].
@@ -523,6 +538,7 @@ pub struct TlsConnectorBuilder {
     ctx: openssl::ssl::SslConnectorBuilder,
     roots_configured: bool,
     verify: bool,
+    resumption: bool,
 }
 
 impl fmt::Debug for TlsConnectorBuilder {
@@ -619,6 +635,23 @@ impl TlsConnectorBuilder {
         Ok(self)
     }
 
+    /// Turns client-side session resumption on (the default) or off.
+    ///
+    /// With it on, the connector and its clones share a cache of sessions by server name
+    /// (the `server_name` given to [`Tls::client`](super::Tls::client)): the TLS 1.3
+    /// tickets or TLS 1.2 sessions a server sends are kept, and the next connection to
+    /// the same name offers one, skipping the certificate exchange and its signature if
+    /// the server accepts. [`Tls::is_resumed`](super::Tls::is_resumed) tells whether it
+    /// did. A TLS 1.3 ticket is used once; a TLS 1.2 session is reused.
+    ///
+    /// Sessions are stored when they arrive (a TLS 1.3 server sends its tickets after the
+    /// handshake, so the client must read for a moment); OpenSSL discards a client
+    /// session whose connection ended without our close_notify.
+    pub fn session_resumption(mut self, enabled: bool) -> Self {
+        self.resumption = enabled;
+        self
+    }
+
     /// The underlying OpenSSL context builder, for settings this builder does not wrap
     /// (verify callbacks, groups, protocol versions, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
@@ -634,9 +667,26 @@ impl TlsConnectorBuilder {
                 "biotls: no system CA certificates found; set SSL_CERT_FILE or SSL_CERT_DIR"
             );
         }
+        let cache = match (self.resumption, resume::key_index()) {
+            (true, Some(index)) => {
+                let cache = Arc::new(SessionCache::default());
+                let store = Arc::clone(&cache);
+                self.ctx.set_session_cache_mode(
+                    SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL,
+                );
+                self.ctx.set_new_session_callback(move |ssl, session| {
+                    if let Some(name) = ssl.ex_data(index) {
+                        store.put(name, session);
+                    }
+                });
+                Some(cache)
+            }
+            _ => None,
+        };
         TlsConnector {
             connector: self.ctx.build(),
             verify: self.verify,
+            cache,
         }
     }
 }

@@ -301,6 +301,13 @@ impl<S: Stream> Tls<S> {
         st_ref::<S>(lp, self.0).is_some_and(|t| t.session.is_handshake_complete())
     }
 
+    /// Whether the handshake resumed an earlier session (TLS 1.3 ticket, TLS 1.2 session
+    /// id or ticket) instead of a full handshake. `false` before the handshake completes.
+    pub fn is_resumed(self, lp: &Loop) -> bool {
+        st_ref::<S>(lp, self.0)
+            .is_some_and(|t| t.session.is_handshake_complete() && t.session.ssl().session_reused())
+    }
+
     /// What was negotiated: protocol version, cipher, ALPN protocol, SNI name.
     ///
     /// # Errors

@@ -2,6 +2,7 @@
 //! and the [`Tls`] stream handle that pumps a session over any inner [`Stream`](crate::Stream).
 mod config;
 mod handle;
+mod resume;
 mod session;
 pub use config::{TlsAcceptor, TlsAcceptorBuilder, TlsConnector, TlsConnectorBuilder};
 pub use handle::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};

@@ -19,10 +19,11 @@ use std::io::{self, Read, Write};
 
 use bytes::{Buf, Bytes, BytesMut};
 use openssl::error::ErrorStack;
-use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslStream};
+use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslSessionRef, SslStream};
 use openssl::x509::X509;
 
 use super::config::{TlsAcceptor, TlsConnector};
+use super::resume;
 use crate::{Error, Result};
 
 /// `ERR_LIB_SSL`.
@@ -208,6 +209,20 @@ fn setup_error(what: &str, stack: &ErrorStack) -> Error {
     Error::Config(format!("{what}: {}", stack_message(stack)))
 }
 
+/// Offers `session` for resumption on a new client `ssl`. A failure only means a full
+/// handshake.
+#[allow(unsafe_code)]
+fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
+    // SAFETY: `set_session` requires `session` to belong to the `SslContext` that `ssl`
+    // was created from. `ssl` comes from `TlsConnector::connector()`'s context, and the
+    // session from that connector's cache, which only that context's new-session
+    // callback fills (the cache and the context are created together in
+    // `TlsConnectorBuilder::build` and shared only by clones of that connector).
+    if unsafe { ssl.set_session(session) }.is_err() {
+        clear_error_queue();
+    }
+}
+
 impl TlsSession {
     fn new(ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
         let stream = SslStream::new(ssl, MemDuplex::default())
@@ -272,6 +287,12 @@ impl TlsSession {
             ))
         })?;
         ssl.set_connect_state();
+        if let (Some(cache), Some(index)) = (connector.session_cache(), resume::key_index()) {
+            ssl.set_ex_data(index, server_name.to_owned());
+            if let Some(session) = cache.get(server_name) {
+                offer_session(&mut ssl, &session);
+            }
+        }
         configure(&mut ssl)?;
         Self::new(ssl, false, Some(server_name.to_owned()))
     }
