@@ -451,3 +451,117 @@ fn a_session_is_offered_only_to_the_name_it_came_from() {
     let (c2, _) = exchange(acceptor, &connector, "127.0.0.1");
     assert!(!c2.unwrap().info.resumed);
 }
+
+/// A file path under the temp dir, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(tag: &str) -> TempFile {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TempFile(
+            std::env::temp_dir().join(format!("biotls-features-{}-{tag}-{n}", std::process::id())),
+        )
+    }
+
+    /// The key log lines, as (label, client random, secret).
+    fn keylog(&self) -> Vec<(String, String, String)> {
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                assert_eq!(f.len(), 3, "not an NSS key log line: {l:?}");
+                let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+                assert!(hex(f[1]) && f[1].len() == 64, "client random: {l:?}");
+                assert!(hex(f[2]) && f[2].len() >= 64, "secret: {l:?}");
+                (f[0].to_owned(), f[1].to_owned(), f[2].to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn labels(lines: &[(String, String, String)]) -> Vec<&str> {
+    let mut l: Vec<&str> = lines.iter().map(|(label, _, _)| label.as_str()).collect();
+    l.sort_unstable();
+    l
+}
+
+#[test]
+fn key_log_writes_nss_lines_on_both_sides() {
+    let pki = pki();
+    for tls12 in [false, true] {
+        let (server_log, client_log) = (TempFile::new("srv"), TempFile::new("cli"));
+        let acceptor = acceptor_builder(&pki)
+            .keylog_file(&server_log.0)
+            .unwrap()
+            .build();
+        let mut connector = connector_builder(&pki).keylog_file(&client_log.0).unwrap();
+        if tls12 {
+            connector
+                .context_builder_mut()
+                .set_max_proto_version(Some(SslVersion::TLS1_2))
+                .unwrap();
+        }
+        let (c, _) = exchange(acceptor, &connector.build(), "localhost");
+        c.unwrap();
+        let (server, client) = (server_log.keylog(), client_log.keylog());
+        let expected: &[&str] = if tls12 {
+            &["CLIENT_RANDOM"]
+        } else {
+            &[
+                "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+                "CLIENT_TRAFFIC_SECRET_0",
+                "EXPORTER_SECRET",
+                "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                "SERVER_TRAFFIC_SECRET_0",
+            ]
+        };
+        assert_eq!(labels(&server), expected);
+        // Both ends derived the same secrets for the same connection.
+        let mut sorted_server = server.clone();
+        let mut sorted_client = client.clone();
+        sorted_server.sort();
+        sorted_client.sort();
+        assert_eq!(sorted_server, sorted_client);
+    }
+}
+
+#[test]
+fn key_log_covers_connections_on_sni_contexts() {
+    let default = pki();
+    let alpha = Pki::generate(&["alpha.test"]).unwrap();
+    let log = TempFile::new("sni");
+    let acceptor = acceptor_builder(&default)
+        .sni_certificate(
+            "alpha.test",
+            alpha.server_chain_pem.as_bytes(),
+            alpha.server_key_pem.as_bytes(),
+        )
+        .unwrap()
+        .keylog_file(&log.0)
+        .unwrap()
+        .build();
+    let (c, _) = exchange(acceptor, &connector_builder(&alpha).build(), "alpha.test");
+    assert_eq!(c.unwrap().cert_names[0], "alpha.test");
+    assert!(labels(&log.keylog()).contains(&"SERVER_TRAFFIC_SECRET_0"));
+}
+
+#[test]
+fn key_log_fails_early_on_a_bad_path() {
+    let pki = pki();
+    let bad = std::env::temp_dir().join("biotls-no-such-dir/keylog");
+    assert!(matches!(
+        connector_builder(&pki).keylog_file(&bad),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        acceptor_builder(&pki).keylog_file(&bad),
+        Err(Error::Config(_))
+    ));
+}

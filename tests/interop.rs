@@ -780,3 +780,44 @@ fn openssl_s_client_resumes_a_saved_session_with_our_server() {
         assert_eq!(server.ends(ends), vec![Ok(()); ends]);
     }
 }
+
+#[test]
+fn our_servers_key_log_matches_openssl_s_clients() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let ours = dir.file("server.keys");
+    let theirs = dir.file("client.keys");
+    let acceptor = TlsAcceptor::builder(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap()
+    .keylog_file(&ours)
+    .unwrap()
+    .build();
+    let server = EchoServer::start(acceptor);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_3").args(["-keylogfile", &theirs]),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+    let lines = |path: &str| {
+        let mut l: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        l.sort();
+        l
+    };
+    let (ours, theirs) = (lines(&ours), lines(&theirs));
+    assert_eq!(ours.len(), 5, "{ours:#?}");
+    assert_eq!(ours, theirs);
+}

@@ -4,10 +4,12 @@
 //! configuration serves any number of sessions.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use openssl::pkey::PKey;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openssl::ssl::{
     AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslConnector, SslContext,
@@ -157,6 +159,34 @@ fn alpn_names(mut wire: &[u8]) -> Vec<&[u8]> {
     names
 }
 
+/// A key log file shared by every context that logs to it.
+type KeyLog = Arc<Mutex<File>>;
+
+/// Opens (creates, appends to) a key log file.
+fn open_keylog(path: &Path) -> Result<KeyLog> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Config(format!("key log {}: {e}", path.display())))?;
+    Ok(Arc::new(Mutex::new(file)))
+}
+
+/// Makes `ctx` append each secret it derives to `log`, one NSS key log line each.
+fn set_keylog(ctx: &mut SslContextBuilder, log: KeyLog) {
+    ctx.set_keylog_callback(move |_, line| {
+        // One `write` per line: appends from several contexts or processes do not mix.
+        let mut text = String::with_capacity(line.len() + 1);
+        text.push_str(line);
+        text.push('\n');
+        if let Ok(mut file) = log.lock()
+            && let Err(e) = file.write_all(text.as_bytes())
+        {
+            log::warn!("biotls: key log: {e}");
+        }
+    });
+}
+
 /// A server's ALPN selection callback: the SNI name (if any) and the client's offers, in
 /// the client's order; returns the chosen protocol or `None` to refuse the connection.
 type AlpnSelect = dyn for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync;
@@ -189,6 +219,7 @@ impl TlsAcceptor {
             names: Vec::new(),
             alpn: None,
             client_cas: Vec::new(),
+            keylog: None,
         })
     }
 
@@ -249,6 +280,7 @@ pub struct TlsAcceptorBuilder {
     alpn: Option<Arc<AlpnSelect>>,
     /// CAs for client certificates (mutual TLS), if required.
     client_cas: Vec<X509>,
+    keylog: Option<KeyLog>,
 }
 
 impl fmt::Debug for TlsAcceptorBuilder {
@@ -377,6 +409,20 @@ impl TlsAcceptorBuilder {
             })
     }
 
+    /// **Debugging aid**: appends the secrets of every connection to `path` in the
+    /// SSLKEYLOGFILE format of NSS (one `LABEL <client random> <secret>` line per
+    /// secret), which lets Wireshark and similar tools decrypt a packet capture of the
+    /// traffic. Off by default; anyone who can read the file can decrypt the connections,
+    /// so never turn it on in production. The file is created if missing and written
+    /// from the loop thread (one small blocking write per secret).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the file cannot be opened for appending.
+    pub fn keylog_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        self.keylog = Some(open_keylog(path.as_ref())?);
+        Ok(self)
+    }
+
     /// The underlying OpenSSL context builder of the default certificate, for settings
     /// this builder does not wrap (verify callbacks, groups, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
@@ -389,6 +435,7 @@ impl TlsAcceptorBuilder {
             mut ctx,
             names,
             alpn,
+            keylog,
             ..
         } = self;
         let mut exact: Vec<(String, SslContext)> = Vec::new();
@@ -396,6 +443,9 @@ impl TlsAcceptorBuilder {
         for (name, mut named) in names {
             if let Some(select) = &alpn {
                 set_alpn_select(&mut named, Arc::clone(select));
+            }
+            if let Some(log) = &keylog {
+                set_keylog(&mut named, Arc::clone(log));
             }
             let built = named.build().into_context();
             match name.strip_prefix("*.") {
@@ -405,6 +455,9 @@ impl TlsAcceptorBuilder {
         }
         if let Some(select) = alpn {
             set_alpn_select(&mut ctx, select);
+        }
+        if let Some(log) = keylog {
+            set_keylog(&mut ctx, log);
         }
         if !exact.is_empty() || !wildcard.is_empty() {
             ctx.set_servername_callback(move |ssl, _alert| {
@@ -632,6 +685,20 @@ impl TlsConnectorBuilder {
         self.ctx
             .set_alpn_protos(&wire)
             .map_err(|e| Error::Config(format!("ALPN: {}", stack_message(&e))))?;
+        Ok(self)
+    }
+
+    /// **Debugging aid**: appends the secrets of every connection to `path` in the
+    /// SSLKEYLOGFILE format of NSS (one `LABEL <client random> <secret>` line per
+    /// secret), which lets Wireshark and similar tools decrypt a packet capture of the
+    /// traffic. Off by default; anyone who can read the file can decrypt the connections,
+    /// so never turn it on in production. The file is created if missing and written
+    /// from the loop thread (one small blocking write per secret).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the file cannot be opened for appending.
+    pub fn keylog_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        set_keylog(&mut self.ctx, open_keylog(path.as_ref())?);
         Ok(self)
     }
 
