@@ -3,18 +3,19 @@
 
 mod util;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use biotls::echo::{EchoOptions, echo};
 use biotls::pki::Pki;
-use biotls::tls::{SessionInfo, Tls, TlsAcceptor, TlsConnector};
-use biotls::{Error, Loop, Stream, Tcp, TcpListener};
+use biotls::tls::{ReadOutcome, SessionInfo, Tls, TlsAcceptor, TlsConnector, TlsSession};
+use biotls::{Error, Loop, Stream, Tcp, TcpListener, Timer};
+use bytes::{Bytes, BytesMut};
 use openssl::ssl::{SslOptions, SslVersion};
 use openssl::x509::X509;
-use util::{run_to_end, run_until};
+use util::{pattern, run_to_end, run_until};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -564,4 +565,171 @@ fn key_log_fails_early_on_a_bad_path() {
         acceptor_builder(&pki).keylog_file(&bad),
         Err(Error::Config(_))
     ));
+}
+
+/// Moves ciphertext between two sessions until neither has any; returns the plaintext
+/// each received (to client, to server).
+fn shuttle(client: &mut TlsSession, server: &mut TlsSession) -> (Vec<u8>, Vec<u8>) {
+    let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        let _ = client.handshake().unwrap();
+        let _ = server.handshake().unwrap();
+        let moved = step(client, server, &mut to_server) | step(server, client, &mut to_client);
+        if !moved && !client.has_ciphertext() && !server.has_ciphertext() {
+            return (to_client, to_server);
+        }
+    }
+    panic!("shuttle: no quiescence (livelock)");
+}
+
+/// Moves `from`'s ciphertext to `to` and reads what `to` can decrypt into `got`.
+fn step(from: &mut TlsSession, to: &mut TlsSession, got: &mut Vec<u8>) -> bool {
+    let moved = match from.take_ciphertext() {
+        Some(b) => {
+            to.feed_ciphertext(b);
+            true
+        }
+        None => false,
+    };
+    let mut buf = BytesMut::new();
+    while let ReadOutcome::Data(_) = to.read(&mut buf).unwrap() {}
+    got.extend_from_slice(&buf);
+    moved
+}
+
+fn write_all(s: &mut TlsSession, mut data: &[u8]) {
+    while !data.is_empty() {
+        let n = s.write(data).unwrap();
+        data = &data[n..];
+    }
+}
+
+#[test]
+fn key_update_with_request_makes_the_peer_answer_before_its_next_record() {
+    let pki = pki();
+    let mut client = TlsSession::client(&pki.connector().unwrap(), "localhost").unwrap();
+    let mut server = TlsSession::server(&pki.acceptor().unwrap()).unwrap();
+    assert!(matches!(
+        client.key_update(true),
+        Err(Error::InvalidState(_))
+    ));
+    shuttle(&mut client, &mut server);
+    write_all(&mut client, b"before");
+    client.key_update(true).unwrap();
+    write_all(&mut client, b" after");
+    // The KeyUpdate sits between the two records.
+    let sent = client.take_ciphertext().unwrap();
+    server.feed_ciphertext(sent);
+    let mut got = BytesMut::new();
+    while let ReadOutcome::Data(_) = server.read(&mut got).unwrap() {}
+    assert_eq!(&got[..], b"before after");
+    // OpenSSL answers the request with its own KeyUpdate ahead of its next record: one
+    // 27-byte KeyUpdate record (5 header, 4 + 1 message, 1 type, 16 tag) before the
+    // 26-byte record of "pong".
+    assert!(!server.has_ciphertext());
+    write_all(&mut server, b"pong");
+    let reply = server.take_ciphertext().unwrap();
+    assert_eq!(reply.len(), 27 + 26);
+    client.feed_ciphertext(reply);
+    // Both directions work under the new keys, and again after a server-side update.
+    server.key_update(false).unwrap();
+    write_all(&mut server, b"!");
+    write_all(&mut client, b"ping");
+    let (to_client, to_server) = shuttle(&mut client, &mut server);
+    assert_eq!(to_client, b"pong!");
+    assert_eq!(to_server, b"ping");
+    // Without a request, the peer's next record comes alone.
+    write_all(&mut client, b"pong");
+    assert_eq!(client.take_ciphertext().unwrap().len(), 26);
+}
+
+#[test]
+fn key_update_is_refused_on_tls12() {
+    let pki = pki();
+    let mut client = TlsSession::client(&tls12_connector(&pki), "localhost").unwrap();
+    let mut server = TlsSession::server(&pki.acceptor().unwrap()).unwrap();
+    shuttle(&mut client, &mut server);
+    assert!(matches!(
+        client.key_update(false),
+        Err(Error::InvalidState(_))
+    ));
+    assert!(matches!(
+        server.key_update(true),
+        Err(Error::InvalidState(_))
+    ));
+}
+
+#[test]
+fn key_updates_on_both_handles_with_writes_in_flight_lose_nothing() {
+    const TOTAL: usize = 16 << 20;
+    const CHUNK: usize = 256 << 10;
+    let pki = pki();
+    let acceptor = pki.acceptor().unwrap();
+    let mut lp = Loop::new().unwrap();
+    let listener = TcpListener::bind(&mut lp, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr(&lp).unwrap();
+    let server_updates = Rc::new(Cell::new(0u32));
+    let su = server_updates.clone();
+    listener
+        .listen(&mut lp, move |lp, _, accepted| {
+            let tls = Tls::server(lp, accepted.unwrap(), &acceptor).unwrap();
+            echo(lp, tls, EchoOptions::default()).unwrap();
+            // The server updates its keys every few milliseconds while it echoes.
+            let timer = Timer::new(lp).unwrap();
+            let su = su.clone();
+            let tick = Duration::from_millis(3);
+            timer
+                .start(lp, tick, Some(tick), move |lp, timer| {
+                    if !tls.is_open(lp) {
+                        timer.close(lp);
+                    } else if tls.is_handshake_complete(lp) && tls.key_update(lp, true).is_ok() {
+                        su.set(su.get() + 1);
+                    }
+                })
+                .unwrap();
+        })
+        .unwrap();
+
+    let tcp = Tcp::connect(&mut lp, addr, |_, _, r| r.unwrap()).unwrap();
+    let tls = Tls::client(&mut lp, tcp, &pki.connector().unwrap(), "localhost").unwrap();
+    // Queued before the handshake, so most of it is in flight at the first update.
+    for i in 0..TOTAL / CHUNK {
+        let chunk = Bytes::from(pattern(7, (i * CHUNK) as u64, CHUNK));
+        tls.write(&mut lp, chunk, |_, _, r| r.unwrap()).unwrap();
+    }
+    tls.on_handshake(&mut lp, |lp, tls, r| {
+        r.unwrap();
+        tls.key_update(lp, true).unwrap();
+    })
+    .unwrap();
+    let received = Rc::new(Cell::new(0usize));
+    let client_updates = Rc::new(Cell::new(0u32));
+    let (r, cu) = (received.clone(), client_updates.clone());
+    tls.start_read(&mut lp, move |lp, tls, res| match res.unwrap() {
+        Some(b) => {
+            let at = r.get();
+            assert!(
+                b[..] == pattern(7, at as u64, b.len())[..],
+                "corrupt at {at}"
+            );
+            r.set(at + b.len());
+            // Updates from inside the read callback, with the echo still in flight.
+            if (at + b.len()) / (1 << 20) > at / (1 << 20) {
+                tls.key_update(lp, cu.get() % 2 == 0).unwrap();
+                cu.set(cu.get() + 1);
+            }
+            if r.get() == TOTAL {
+                let _ = tls.shutdown(lp, |lp, tls, _| tls.close(lp, |_, _| {}));
+            }
+        }
+        None => tls.close(lp, |_, _| {}),
+    })
+    .unwrap();
+    run_until(&mut lp, Duration::from_secs(120), || {
+        received.get() == TOTAL
+    });
+    listener.close(&mut lp);
+    run_to_end(&mut lp, LIMIT);
+    assert!(client_updates.get() >= 10, "{}", client_updates.get());
+    assert!(server_updates.get() >= 1, "{}", server_updates.get());
 }

@@ -821,3 +821,52 @@ fn our_servers_key_log_matches_openssl_s_clients() {
     assert_eq!(ours.len(), 5, "{ours:#?}");
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn openssl_s_client_key_updates_mid_stream_keep_the_echo_going() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    let mut child = Guard(
+        s_client(server.port, &dir, "-tls1_3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (out, _out_thread) = collect(child.0.stdout.take().unwrap());
+    let (err, _err_thread) = collect(child.0.stderr.take().unwrap());
+    let mut stdin = child.0.stdin.take().unwrap();
+    let wait_for = |buf: &Arc<Mutex<Vec<u8>>>, text: &str, count: usize| {
+        let deadline = Instant::now() + LIMIT;
+        while String::from_utf8_lossy(&buf.lock().unwrap())
+            .matches(text)
+            .count()
+            < count
+        {
+            assert!(Instant::now() < deadline, "no {text:?} from s_client");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // s_client reads a line that is just "K" as a command: a KeyUpdate requesting ours
+    // ("k": without the request). One write per line, each after the previous echo.
+    for (i, (line, command)) in [("before", "K"), ("between", "k"), ("after", "K")]
+        .into_iter()
+        .enumerate()
+    {
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        wait_for(&out, &format!("{line}\n"), 1);
+        stdin.write_all(format!("{command}\n").as_bytes()).unwrap();
+        wait_for(&err, "KEYUPDATE", i + 1);
+    }
+    stdin.write_all(b"last\n").unwrap();
+    wait_for(&out, "last\n", 1);
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    assert!(text.contains("before\nbetween\nafter\nlast\n"), "{text}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}

@@ -301,6 +301,26 @@ impl<S: Stream> Tls<S> {
         st_ref::<S>(lp, self.0).is_some_and(|t| t.session.is_handshake_complete())
     }
 
+    /// Sends a TLS 1.3 KeyUpdate, and with `request_peer` asks the peer to update its
+    /// sending keys too. Writes already queued keep flowing (those not yet encrypted go
+    /// out under the new keys), and reading goes on; nothing waits for the peer.
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; [`Error::InvalidState`] before the handshake completes, after
+    /// `shutdown`, or on a TLS 1.2 connection; the handle's earlier failure.
+    pub fn key_update(self, lp: &mut Loop, request_peer: bool) -> Result<()> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if let Some(e) = &t.failed {
+            return Err(e.clone());
+        }
+        if !matches!(t.shutdown, ShutdownState::Open) {
+            return Err(Error::InvalidState("KeyUpdate after shutdown"));
+        }
+        t.session.key_update(request_peer)?;
+        pump::<S>(lp, self.0, false);
+        Ok(())
+    }
+
     /// Whether the handshake resumed an earlier session (TLS 1.3 ticket, TLS 1.2 session
     /// id or ticket) instead of a full handshake. `false` before the handshake completes.
     pub fn is_resumed(self, lp: &Loop) -> bool {
