@@ -144,8 +144,26 @@ fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>
             // A failed handshake was logged by its callback already.
             EchoEnd::Failed(e) if !tls.is_handshake_complete(lp) => {
                 log::debug!("{peer}: {e} ({} open)", count.get());
+                return;
             }
             EchoEnd::Failed(e) => log::warn!("{peer}: {e} ({} open)", count.get()),
+        }
+        if let Ok(s) = tls.stats(lp) {
+            log::info!(
+                "{peer}: stats: plaintext in {} out {}, ciphertext in {} out {}, \
+                 handshake {:.1} ms, {} {}{}, ALPN {}",
+                s.plaintext_in,
+                s.plaintext_out,
+                s.ciphertext_in,
+                s.ciphertext_out,
+                s.handshake_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                s.version,
+                s.cipher.as_deref().unwrap_or("?"),
+                if s.resumed { " (resumed)" } else { "" },
+                s.alpn
+                    .as_deref()
+                    .map_or_else(|| "none".into(), String::from_utf8_lossy),
+            );
         }
     });
     if let Err(e) = started {

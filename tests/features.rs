@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use biotls::echo::{EchoOptions, echo};
+use biotls::echo::{EchoOptions, echo, echo_with};
 use biotls::pki::Pki;
 use biotls::tls::{ReadOutcome, SessionInfo, Tls, TlsAcceptor, TlsConnector, TlsSession};
 use biotls::{Error, Loop, Stream, Tcp, TcpListener, Timer};
@@ -732,4 +732,71 @@ fn key_updates_on_both_handles_with_writes_in_flight_lose_nothing() {
     run_to_end(&mut lp, LIMIT);
     assert!(client_updates.get() >= 10, "{}", client_updates.get());
     assert!(server_updates.get() >= 1, "{}", server_updates.get());
+}
+
+#[test]
+fn stats_count_plaintext_and_ciphertext_both_ways() {
+    const N: usize = 100_000;
+    let pki = pki();
+    let acceptor = acceptor_builder(&pki)
+        .alpn_protocols(&[b"echo"])
+        .unwrap()
+        .build();
+    let connector = connector_builder(&pki)
+        .alpn_protocols(&[b"echo"])
+        .unwrap()
+        .build();
+    let mut lp = Loop::new().unwrap();
+    let listener = TcpListener::bind(&mut lp, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr(&lp).unwrap();
+    let server_stats = Rc::new(RefCell::new(None));
+    let ss = server_stats.clone();
+    listener
+        .listen(&mut lp, move |lp, _, accepted| {
+            let tls = Tls::server(lp, accepted.unwrap(), &acceptor).unwrap();
+            assert_eq!(tls.stats(lp).unwrap().handshake_duration, None);
+            let ss = ss.clone();
+            echo_with(lp, tls, EchoOptions::default(), move |lp, tls: Tls, _| {
+                *ss.borrow_mut() = Some(tls.stats(lp).unwrap());
+            })
+            .unwrap();
+        })
+        .unwrap();
+    let tcp = Tcp::connect(&mut lp, addr, |_, _, _| {}).unwrap();
+    let tls = Tls::client(&mut lp, tcp, &connector, "localhost").unwrap();
+    tls.write(&mut lp, Bytes::from(pattern(3, 0, N)), |_, _, r| r.unwrap())
+        .unwrap();
+    let client_stats = Rc::new(RefCell::new(None));
+    let (cs, got) = (client_stats.clone(), Rc::new(Cell::new(0)));
+    tls.start_read(&mut lp, move |lp, tls, r| match r.unwrap() {
+        Some(b) => {
+            got.set(got.get() + b.len());
+            if got.get() == N {
+                *cs.borrow_mut() = Some(tls.stats(lp).unwrap());
+                let _ = tls.shutdown(lp, |_, _, _| {});
+            }
+        }
+        None => tls.close(lp, |_, _| {}),
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || server_stats.borrow().is_some());
+    listener.close(&mut lp);
+    run_to_end(&mut lp, LIMIT);
+    let c = client_stats.borrow_mut().take().unwrap();
+    let s = server_stats.borrow_mut().take().unwrap();
+    for st in [&c, &s] {
+        assert_eq!((st.plaintext_in, st.plaintext_out), (N as u64, N as u64));
+        // Records cost at least 22 bytes each (7 records of 16 KiB), plus the handshake.
+        assert!(st.ciphertext_in > N as u64 + 7 * 22, "{st:?}");
+        assert!(st.ciphertext_out > N as u64 + 7 * 22, "{st:?}");
+        assert!(st.handshake_duration.is_some_and(|d| d < LIMIT), "{st:?}");
+        assert_eq!(st.version, "TLSv1.3");
+        assert!(st.cipher.is_some());
+        assert_eq!(st.alpn.as_deref(), Some(&b"echo"[..]));
+        assert!(!st.resumed);
+    }
+    // What one side sent, the other received (the client's close_notify came after the
+    // client's snapshot, the server's after the client's).
+    assert!(s.ciphertext_in >= c.ciphertext_out);
+    assert!(c.ciphertext_in <= s.ciphertext_out);
 }

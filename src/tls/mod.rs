@@ -4,6 +4,8 @@ mod config;
 mod handle;
 mod resume;
 mod session;
+mod stats;
 pub use config::{TlsAcceptor, TlsAcceptorBuilder, TlsConnector, TlsConnectorBuilder};
 pub use handle::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
 pub use session::{ReadOutcome, SessionInfo, TlsSession};
+pub use stats::TlsStats;
