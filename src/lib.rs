@@ -17,7 +17,7 @@
 //! 1. [`Loop`]: a single-threaded event loop that owns every handle's state, the timers
 //!    and a queue of deferred completions. Run it with [`Loop::run`],
 //!    [`Loop::run_once`] or [`Loop::run_nowait`].
-//! 2. Handles: [`Tcp`], [`TcpListener`], [`Timer`], [`Async`], [`Signal`], small `Copy`
+//! 2. Handles: [`Tcp`], [`TcpListener`], [`Pipe`], [`PipeListener`], [`Timer`], [`Async`], [`Signal`], small `Copy`
 //!    ids. Every callback receives `&mut Loop` and the handle, so it can act on any
 //!    handle; an id that outlived its handle gives [`Error::Closed`], never another
 //!    handle's state.
@@ -26,7 +26,8 @@
 //!    trait's docs).
 //! 4. [`tls::TlsSession`]: TLS without I/O, an OpenSSL `SSL` over in-memory buffers.
 //! 5. [`Tls`]: a session pumped over any inner `Stream`, itself a `Stream`: code written
-//!    against the trait (such as [`echo`]) runs over TCP, TLS, or TLS inside TLS.
+//!    against the trait (such as [`echo`]) runs over TCP, a Unix-domain [`Pipe`], TLS, or
+//!    TLS inside TLS.
 //!
 //! ## Walk-through
 //!
@@ -87,9 +88,11 @@ pub mod echo;
 mod error;
 mod event_loop;
 mod handle;
+mod pipe;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod signal;
+mod socket;
 mod stream;
 mod tcp;
 mod timer;
@@ -98,6 +101,7 @@ pub mod tls;
 pub use async_handle::{Async, AsyncSender};
 pub use error::{Error, Result};
 pub use event_loop::Loop;
+pub use pipe::{Pipe, PipeListener};
 pub use signal::Signal;
 pub use stream::{ReadResult, Stream};
 pub use tcp::{ListenOptions, Tcp, TcpListener};
