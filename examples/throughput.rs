@@ -9,7 +9,8 @@
 //! server's threads); MiB/s is capped by the client, which shares the cores.
 //!
 //! Prints a table with the ratio of each loop arm to its blocking counterpart, then
-//! full handshakes per second, a many-connections run and idle memory per connection.
+//! full handshakes per second, full against resumed handshakes (rate and server CPU
+//! each), a many-connections run and idle memory per connection.
 //! `--json` prints the same as JSON lines; `--help` lists the knobs.
 
 #[path = "../benches/harness/mod.rs"]
@@ -22,8 +23,9 @@ use std::rc::Rc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use biotls::tls::{Tls, TlsConnector};
+use biotls::tls::{ReadOutcome, Tls, TlsConnector, TlsSession};
 use biotls::{Loop, Stream, Tcp};
+use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use harness::{Mode, Proto, Running, Server, Setup, run_client, setup};
 use openssl::ssl::Ssl;
@@ -162,6 +164,102 @@ fn handshakes(setup: &Setup, server: Server, count: u32) -> (f64, f64) {
     (count as f64 / wall.as_secs_f64(), cpu / count as f64 * 1e6)
 }
 
+/// One connection from a `TlsSession` driven over a blocking socket: handshake, our
+/// close_notify, then read to the server's (which takes in its session tickets too).
+/// Returns whether the handshake was resumed.
+fn session_connection(connector: &TlsConnector, addr: SocketAddr) -> bool {
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut s = TlsSession::client(connector, "localhost").expect("session");
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut receive =
+        |tcp: &mut std::net::TcpStream, s: &mut TlsSession| match tcp.read(&mut buf).expect("read")
+        {
+            0 => s.feed_eof(),
+            n => s.feed_ciphertext(Bytes::copy_from_slice(&buf[..n])),
+        };
+    loop {
+        let done = s.handshake().expect("handshake");
+        if let Some(out) = s.take_ciphertext() {
+            tcp.write_all(&out).expect("write");
+        }
+        if done {
+            break;
+        }
+        receive(&mut tcp, &mut s);
+    }
+    let resumed = s.info().resumed;
+    s.shutdown().expect("shutdown");
+    if let Some(out) = s.take_ciphertext() {
+        tcp.write_all(&out).expect("write");
+    }
+    let mut plain = BytesMut::new();
+    loop {
+        match s.read(&mut plain) {
+            Ok(ReadOutcome::Data(_)) => plain.clear(),
+            Ok(ReadOutcome::WantRead) => receive(&mut tcp, &mut s),
+            Ok(ReadOutcome::Eof) | Err(_) => break,
+        }
+    }
+    resumed
+}
+
+/// `count` sequential connections from `session_connection`: (handshakes per second,
+/// server CPU µs per handshake, how many were resumed).
+fn session_handshakes(
+    setup: &Setup,
+    server: Server,
+    connector: &TlsConnector,
+    count: u32,
+) -> (f64, f64, u32) {
+    let running = Running::start(setup, server, Proto::Tls, Mode::Echo);
+    let addr = running.addr;
+    // A first connection brings the ticket the measured ones resume.
+    session_connection(connector, addr);
+    let cpu_before = running.cpu_after(1).as_secs_f64();
+    let c = connector.clone();
+    let (wall, resumed) = thread::spawn(move || {
+        let start = Instant::now();
+        let resumed = (0..count).filter(|_| session_connection(&c, addr)).count();
+        (start.elapsed(), resumed as u32)
+    })
+    .join()
+    .expect("client");
+    let cpu = running.cpu_after(count as usize + 1).as_secs_f64() - cpu_before;
+    running.stop();
+    (
+        count as f64 / wall.as_secs_f64(),
+        cpu / count as f64 * 1e6,
+        resumed,
+    )
+}
+
+/// Full against resumed handshakes, with the same client, for both servers.
+fn resumption(args: &Args, setup: &Setup) {
+    let n = args.handshakes;
+    for (server, name) in [
+        (Server::Loop, "Tls handle"),
+        (Server::Blocking, "SslStream blocking"),
+    ] {
+        let (full_rate, full_us, _) = session_handshakes(setup, server, &setup.connector, n);
+        let (res_rate, res_us, resumed) = session_handshakes(setup, server, &setup.resuming, n);
+        if resumed != n {
+            eprintln!("warning: only {resumed} of {n} handshakes were resumed");
+        }
+        let ratio = res_us / full_us;
+        if args.json {
+            println!(
+                "{{\"test\":\"resumption\",\"arm\":\"{name}\",\"full_per_s\":{full_rate:.0},\"full_server_us\":{full_us:.1},\"resumed_per_s\":{res_rate:.0},\"resumed_server_us\":{res_us:.1},\"resumed\":{resumed},\"cpu_ratio\":{ratio:.2}}}"
+            );
+        } else {
+            println!(
+                "{name}: full {full_rate:.0}/s, {full_us:.0} µs server CPU each; \
+                 resumed {res_rate:.0}/s, {res_us:.0} µs; resumed/full CPU {ratio:.2}"
+            );
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if let Some(idle) = &args.idle_client {
@@ -221,6 +319,15 @@ fn main() {
                 ours_us / theirs_us
             );
         }
+    }
+    if args.handshakes > 0 {
+        if !args.json {
+            println!(
+                "\nfull vs resumed TLS 1.3 handshakes (ECDSA P-256 certificate, ticket \
+                 resumption with (EC)DHE; client: a TlsSession over a blocking socket):"
+            );
+        }
+        resumption(&args, &setup);
     }
     if args.conns > 0 {
         many_connections(&args, &setup);

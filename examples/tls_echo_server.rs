@@ -1,7 +1,13 @@
-// cargo run --release --example tls_echo_server [-- --listen 127.0.0.1:4433 --client-ca certs/ca.pem]
+// cargo run --release --example tls_echo_server [-- --listen 127.0.0.1:4433 --loops 2 --alpn h2,http/1.1]
 //
 //! A TLS echo server: every accepted `Tcp` is wrapped in `Tls::server` and handed to the
 //! same `biotls::echo::echo_with` the TCP echo server uses, unchanged.
+//!
+//! `--loops N` runs N loops on N threads, each with its own listener on the same port
+//! (`SO_REUSEPORT`: the kernel spreads connections across them). `--alpn`, `--sni` and
+//! `--keylog` expose the TLS features for anyone to try with `openssl s_client`; session
+//! resumption (TLS 1.3 tickets, TLS 1.2 tickets and session ids) is on unless
+//! `--no-resumption`. Each connection's statistics are logged when it closes.
 //!
 //! One misbehaving client (garbage, a failed handshake, a reset) ends only its own
 //! connection. Ctrl-C or SIGTERM stops the server with exit code 0; a bind or
@@ -12,12 +18,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::mpsc;
 
 use biotls::echo::{EchoEnd, EchoOptions, echo_with};
 use biotls::signal::{SIGINT, SIGTERM};
 use biotls::tls::{Tls, TlsAcceptor};
-use biotls::{Loop, Signal, Stream, Tcp, TcpListener};
+use biotls::{Async, AsyncSender, ListenOptions, Loop, Signal, Stream, Tcp, TcpListener};
 use clap::Parser;
+use openssl::ssl::SslSessionCacheMode;
 
 /// Echo everything each TLS client sends back to it.
 #[derive(Parser)]
@@ -25,15 +33,42 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
-    /// Server certificate chain (PEM, leaf first).
+    /// Default server certificate chain (PEM, leaf first).
     #[arg(long, default_value = "certs/server.pem")]
     cert: PathBuf,
-    /// The certificate's private key (PEM).
+    /// The default certificate's private key (PEM).
     #[arg(long, default_value = "certs/server.key")]
     key: PathBuf,
     /// Require client certificates issued by the CAs in this PEM file (mutual TLS).
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// Event loops, one thread each, sharing the port (SO_REUSEPORT).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    loops: u16,
+    /// ALPN protocols, comma-separated, in the server's order of preference. Clients
+    /// offering none of them are refused; clients offering no ALPN are served.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    alpn: Vec<String>,
+    /// Serve another certificate to clients sending this SNI name (repeatable); other
+    /// names, and none, get --cert/--key. NAME may be `*.example.com`.
+    #[arg(long, value_name = "NAME=CERT,KEY", value_parser = parse_sni)]
+    sni: Vec<(String, PathBuf, PathBuf)>,
+    /// Debugging aid: append every connection's secrets to FILE (SSLKEYLOGFILE format,
+    /// for Wireshark). Anyone who can read it can decrypt the traffic.
+    #[arg(long, value_name = "FILE")]
+    keylog: Option<PathBuf>,
+    /// Turn off session resumption (no tickets, no session cache).
+    #[arg(long)]
+    no_resumption: bool,
+}
+
+fn parse_sni(spec: &str) -> Result<(String, PathBuf, PathBuf), String> {
+    let (name, files) = spec.split_once('=').ok_or("expected NAME=CERT,KEY")?;
+    let (cert, key) = files.split_once(',').ok_or("expected NAME=CERT,KEY")?;
+    if name.is_empty() || cert.is_empty() || key.is_empty() {
+        return Err("expected NAME=CERT,KEY".into());
+    }
+    Ok((name.to_owned(), cert.into(), key.into()))
 }
 
 fn main() -> ExitCode {
@@ -50,27 +85,96 @@ fn main() -> ExitCode {
 
 fn acceptor(args: &Args) -> biotls::Result<TlsAcceptor> {
     let mut builder = TlsAcceptor::builder_from_files(&args.cert, &args.key)?;
+    for (name, cert, key) in &args.sni {
+        builder = builder.sni_certificate_files(name, cert, key)?;
+    }
     if let Some(ca) = &args.client_ca {
         builder = builder.require_client_cert_file(ca)?;
     }
+    if !args.alpn.is_empty() {
+        let protocols: Vec<&[u8]> = args.alpn.iter().map(|p| p.as_bytes()).collect();
+        builder = builder.alpn_protocols(&protocols)?;
+    }
+    if let Some(path) = &args.keylog {
+        builder = builder.keylog_file(path)?;
+        log::warn!("writing TLS secrets to {} (debugging only)", path.display());
+    }
+    if args.no_resumption {
+        let ctx = builder.context_builder_mut();
+        ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
+        ctx.set_num_tickets(0)
+            .map_err(|e| biotls::Error::Config(e.to_string()))?;
+        ctx.set_options(openssl::ssl::SslOptions::NO_TICKET);
+    }
     Ok(builder.build())
+}
+
+/// Binds one loop's listener and serves TLS echo on it.
+fn listen(
+    lp: &mut Loop,
+    addr: SocketAddr,
+    loops: u16,
+    acceptor: TlsAcceptor,
+    index: u16,
+) -> Result<TcpListener, String> {
+    let mut opts = ListenOptions::default();
+    opts.reuse_port = loops > 1;
+    let listener = TcpListener::bind_with(lp, addr, &opts)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let open = Rc::new(Cell::new(0usize));
+    listener
+        .listen(lp, move |lp, _, accepted| match accepted {
+            Ok(tcp) => serve(lp, tcp, &acceptor, &open, index),
+            // Out of file descriptors and the like: the listener keeps listening.
+            Err(e) => log::error!("accept: {e}"),
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(listener)
 }
 
 fn run(args: &Args) -> Result<(), String> {
     let acceptor = acceptor(args).map_err(|e| e.to_string())?;
     let mut lp = Loop::new().map_err(|e| e.to_string())?;
-    let listener = TcpListener::bind(&mut lp, args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = listen(&mut lp, args.listen, args.loops, acceptor.clone(), 0)?;
+    // Port 0 picked a port: the other loops bind that one.
     let addr = listener.local_addr(&lp).map_err(|e| e.to_string())?;
 
-    let open = Rc::new(Cell::new(0usize));
-    listener
-        .listen(&mut lp, move |lp, _, accepted| match accepted {
-            Ok(tcp) => serve(lp, tcp, &acceptor, &open),
-            // Out of file descriptors and the like: the listener keeps listening.
-            Err(e) => log::error!("accept: {e}"),
-        })
-        .map_err(|e| e.to_string())?;
+    // Loops 1..N, each on its own thread; each hands back a sender that stops it.
+    let mut workers = Vec::new();
+    let mut stops: Vec<AsyncSender> = Vec::new();
+    for index in 1..args.loops {
+        let (tx, rx) = mpsc::channel();
+        let acceptor = acceptor.clone();
+        let loops = args.loops;
+        let thread = std::thread::Builder::new()
+            .name(format!("loop-{index}"))
+            .spawn(move || {
+                let started = Loop::new().map_err(|e| e.to_string()).and_then(|mut lp| {
+                    let listener = listen(&mut lp, addr, loops, acceptor, index)?;
+                    let (_stop, sender) = Async::new(&mut lp, move |lp, stop| {
+                        listener.close(lp);
+                        stop.close(lp);
+                        lp.stop();
+                    })
+                    .map_err(|e| e.to_string())?;
+                    Ok((lp, sender))
+                });
+                match started {
+                    Ok((mut lp, sender)) => {
+                        let _ = tx.send(Ok(sender));
+                        if let Err(e) = lp.run() {
+                            log::error!("loop {index}: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| format!("loop thread: {e}"))?;
+        stops.push(rx.recv().map_err(|e| e.to_string())??);
+        workers.push(thread);
+    }
 
     let signal = Signal::new(&mut lp).map_err(|e| e.to_string())?;
     signal
@@ -78,18 +182,29 @@ fn run(args: &Args) -> Result<(), String> {
             log::info!("signal {signum}: shutting down");
             listener.close(lp);
             signal.close(lp);
+            for stop in &stops {
+                let _ = stop.send();
+            }
             lp.stop();
         })
         .map_err(|e| e.to_string())?;
 
-    log::info!("TLS echo server listening on {addr}");
+    log::info!(
+        "TLS echo server listening on {addr} ({} loop{})",
+        args.loops,
+        if args.loops == 1 { "" } else { "s" }
+    );
     let ca = match &args.client_ca {
         Some(_) => " -cert certs/client.pem -key certs/client.key",
         None => "",
     };
+    let alpn = match args.alpn.first() {
+        Some(p) => format!(" -alpn {p}"),
+        None => String::new(),
+    };
     println!("In another terminal, try:");
     println!(
-        "  openssl s_client -connect {addr} -CAfile certs/ca.pem{ca}\n  \
+        "  openssl s_client -connect {addr} -CAfile certs/ca.pem{ca}{alpn}\n  \
          cargo run --release --example tls_echo_client -- --connect {addr}{}",
         if ca.is_empty() {
             ""
@@ -98,15 +213,18 @@ fn run(args: &Args) -> Result<(), String> {
         }
     );
     lp.run().map_err(|e| e.to_string())?;
+    for worker in workers {
+        let _ = worker.join();
+    }
     Ok(())
 }
 
 /// Wraps one accepted connection in TLS and echoes on it; failures are logged and end
 /// only this connection.
-fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>) {
+fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>, index: u16) {
     let peer = tcp
         .peer_addr(lp)
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        .map_or_else(|_| "?".to_owned(), |a| format!("[loop {index}] {a}"));
     if let Err(e) = tcp.set_nodelay(lp, true) {
         log::warn!("{peer}: set_nodelay: {e}");
     }
@@ -122,10 +240,14 @@ fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>
     let handshake = tls.on_handshake(lp, move |lp, tls, r| match r {
         Ok(()) => match tls.info(lp) {
             Ok(info) => log::info!(
-                "{p}: handshake ok: {} {} (SNI {})",
+                "{p}: handshake ok: {} {}{} (SNI {}, ALPN {})",
                 info.version,
                 info.cipher.as_deref().unwrap_or("?"),
+                if info.resumed { ", resumed" } else { "" },
                 info.server_name.as_deref().unwrap_or("none"),
+                info.alpn
+                    .as_deref()
+                    .map_or_else(|| "none".into(), String::from_utf8_lossy),
             ),
             Err(e) => log::warn!("{p}: {e}"),
         },
@@ -144,8 +266,26 @@ fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>
             // A failed handshake was logged by its callback already.
             EchoEnd::Failed(e) if !tls.is_handshake_complete(lp) => {
                 log::debug!("{peer}: {e} ({} open)", count.get());
+                return;
             }
             EchoEnd::Failed(e) => log::warn!("{peer}: {e} ({} open)", count.get()),
+        }
+        if let Ok(s) = tls.stats(lp) {
+            log::info!(
+                "{peer}: stats: plaintext in {} out {}, ciphertext in {} out {}, \
+                 handshake {:.1} ms, {} {}{}, ALPN {}",
+                s.plaintext_in,
+                s.plaintext_out,
+                s.ciphertext_in,
+                s.ciphertext_out,
+                s.handshake_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                s.version,
+                s.cipher.as_deref().unwrap_or("?"),
+                if s.resumed { " (resumed)" } else { "" },
+                s.alpn
+                    .as_deref()
+                    .map_or_else(|| "none".into(), String::from_utf8_lossy),
+            );
         }
     });
     if let Err(e) = started {

@@ -1,8 +1,9 @@
 //! The `Stream` trait: the interface shared by every stream handle.
 //!
-//! [`Tcp`](crate::Tcp) implements it over a socket and [`Tls`](crate::Tls) implements it
-//! over any other `Stream`, so code written against the trait (an echo server, a
-//! protocol codec) runs over plain TCP, TLS, or TLS inside TLS, unchanged.
+//! [`Tcp`](crate::Tcp) and [`Pipe`](crate::Pipe) implement it over a socket and
+//! [`Tls`](crate::Tls) implements it over any other `Stream`, so code written against the
+//! trait (an echo server, a protocol codec) runs over plain TCP, a Unix-domain socket,
+//! TLS, or TLS inside TLS, unchanged.
 
 use bytes::Bytes;
 

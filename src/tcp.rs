@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -27,6 +27,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::{RawId, State, handle_fmt};
+use crate::socket::{ListenSock, StreamSock};
 use crate::stream::{ReadResult, Stream};
 use crate::timer::Timer;
 
@@ -106,7 +107,7 @@ struct Connecting {
 
 pub(crate) struct TcpState {
     /// `None` only while a host name is being resolved.
-    sock: Option<mio::net::TcpStream>,
+    sock: Option<StreamSock>,
     read_cb: Option<ReadCb>,
     reading: bool,
     /// Bumped by `start_read`/`stop_read`, so the loop can tell that a read callback
@@ -127,7 +128,7 @@ pub(crate) struct TcpState {
 }
 
 impl TcpState {
-    fn new(sock: Option<mio::net::TcpStream>) -> Self {
+    fn new(sock: Option<StreamSock>) -> Self {
         TcpState {
             sock,
             read_cb: None,
@@ -166,11 +167,14 @@ fn tcp_ref(lp: &Loop, id: RawId) -> Result<&TcpState> {
     }
 }
 
+/// The TCP socket of a `Tcp` handle (a `Pipe` shares the state type, not these calls).
 fn sock_ref(lp: &Loop, id: RawId) -> Result<&mio::net::TcpStream> {
     tcp_ref(lp, id)?
         .sock
         .as_ref()
-        .ok_or(Error::InvalidState("not connected"))
+        .ok_or(Error::InvalidState("not connected"))?
+        .as_tcp()
+        .ok_or(Error::InvalidState("not a TCP socket"))
 }
 
 fn update_active(lp: &mut Loop, id: RawId) {
@@ -181,7 +185,8 @@ fn update_active(lp: &mut Loop, id: RawId) {
 }
 
 impl Tcp {
-    fn register(lp: &mut Loop, mut sock: mio::net::TcpStream) -> Result<Tcp> {
+    /// Registers a connected socket as a new stream handle (TCP or Unix-domain).
+    pub(crate) fn register(lp: &mut Loop, mut sock: StreamSock) -> Result<Tcp> {
         let id = lp.insert(State::Tcp(Box::new(TcpState::new(None))));
         if let Err(e) = lp.registry().register(
             &mut sock,
@@ -201,7 +206,7 @@ impl Tcp {
     /// [`Error::Io`] if the socket cannot be made non-blocking or registered.
     pub fn from_std(lp: &mut Loop, stream: std::net::TcpStream) -> Result<Tcp> {
         stream.set_nonblocking(true)?;
-        Tcp::register(lp, mio::net::TcpStream::from_std(stream))
+        Tcp::register(lp, StreamSock::Tcp(mio::net::TcpStream::from_std(stream)))
     }
 
     /// Starts connecting to `addr`; `cb` runs from the loop with the result. Writes made
@@ -489,6 +494,45 @@ impl Stream for Tcp {
     }
 }
 
+/// Starts a handle on a socket whose non-blocking connect was started elsewhere (a
+/// Unix-domain path), or fails it with the error that prevented starting it. `cb` is
+/// made with the new handle's id; it runs from the loop, as for [`Tcp::connect`].
+pub(crate) fn connect_started(
+    lp: &mut Loop,
+    started: io::Result<StreamSock>,
+    make_cb: impl FnOnce(RawId) -> DoneCb,
+) -> Result<RawId> {
+    let id = lp.insert(State::Tcp(Box::new(TcpState::new(None))));
+    tcp(lp, id)?.connect = Some(Connecting {
+        cb: make_cb(id),
+        rest: VecDeque::new(),
+        last_error: None,
+        timer: None,
+    });
+    lp.set_active(id, true);
+    let registered = started.and_then(|mut sock| {
+        lp.registry()
+            .register(
+                &mut sock,
+                id.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map(|()| sock)
+    });
+    let t = tcp(lp, id)?;
+    match registered {
+        // The first event tells whether the connect succeeded.
+        Ok(sock) => t.sock = Some(sock),
+        Err(e) => {
+            if let Some(c) = t.connect.as_mut() {
+                c.last_error = Some(e.into());
+            }
+            connect_next(lp, id); // no address left: fails it, from the loop
+        }
+    }
+    Ok(id)
+}
+
 /// Tries the next address of a connect in progress, or fails it if none is left.
 fn connect_next(lp: &mut Loop, id: RawId) {
     loop {
@@ -502,7 +546,8 @@ fn connect_next(lp: &mut Loop, id: RawId) {
             fail_connect(lp, id, err);
             return;
         };
-        let result = mio::net::TcpStream::connect(addr).and_then(|mut sock| {
+        let result = mio::net::TcpStream::connect(addr).and_then(|sock| {
+            let mut sock = StreamSock::Tcp(sock);
             lp.registry()
                 .register(
                     &mut sock,
@@ -555,9 +600,9 @@ fn finish_connect(lp: &mut Loop, id: RawId) {
     let Some(sock) = t.sock.as_ref() else { return };
     let outcome = match sock.take_error() {
         Ok(Some(e)) | Err(e) => Err(e),
-        Ok(None) => match sock.peer_addr() {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still in progress
+        Ok(None) => match sock.is_connected() {
+            Ok(true) => Ok(()),
+            Ok(false) => return, // still in progress
             Err(e) => Err(e),
         },
     };
@@ -720,7 +765,7 @@ fn flush(lp: &mut Loop, id: RawId) {
     if t.out.is_empty() && matches!(t.shutdown, ShutdownState::Pending(_)) {
         let result = match (&t.write_error, t.sock.as_ref()) {
             (Some(e), _) => Err(e.clone()),
-            (None, Some(sock)) => sock.shutdown(Shutdown::Write).map_err(Error::from),
+            (None, Some(sock)) => sock.shutdown_write().map_err(Error::from),
             (None, None) => Err(Error::InvalidState("not connected")),
         };
         if let ShutdownState::Pending(cb) = std::mem::replace(&mut t.shutdown, ShutdownState::Done)
@@ -737,7 +782,7 @@ fn flush(lp: &mut Loop, id: RawId) {
 // ---- listener ----
 
 pub(crate) struct ListenerState {
-    sock: mio::net::TcpListener,
+    pub(crate) sock: ListenSock,
     cb: Option<ConnectionCb>,
     epoch: u64,
 }
@@ -799,12 +844,17 @@ impl TcpListener {
         socket.bind(&addr.into())?;
         socket.listen(opts.backlog)?;
         let sock = mio::net::TcpListener::from_std(socket.into());
+        Ok(TcpListener::insert(lp, ListenSock::Tcp(sock)))
+    }
+
+    /// Adds a bound, listening socket (TCP or Unix-domain) as a listener handle.
+    pub(crate) fn insert(lp: &mut Loop, sock: ListenSock) -> TcpListener {
         let id = lp.insert(State::Listener(Box::new(ListenerState {
             sock,
             cb: None,
             epoch: 0,
         })));
-        Ok(TcpListener(id))
+        TcpListener(id)
     }
 
     /// The bound address (with the real port when bound to port 0).
@@ -813,7 +863,11 @@ impl TcpListener {
     /// [`Error::Closed`], or the OS error.
     pub fn local_addr(self, lp: &Loop) -> Result<SocketAddr> {
         match lp.slot(self.0).map(|s| &s.state) {
-            Some(State::Listener(l)) => Ok(l.sock.local_addr()?),
+            Some(State::Listener(l)) => Ok(l
+                .sock
+                .as_tcp()
+                .ok_or(Error::InvalidState("not a TCP listener"))?
+                .local_addr()?),
             _ => Err(Error::Closed),
         }
     }
@@ -867,7 +921,7 @@ pub(crate) fn on_listener_event(lp: &mut Loop, id: RawId) {
             return;
         }
         let accepted = match l.sock.accept() {
-            Ok((sock, _)) => Tcp::register(lp, sock),
+            Ok(sock) => Tcp::register(lp, sock),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e)
                 if matches!(

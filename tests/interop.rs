@@ -542,3 +542,331 @@ fn mtls_server_refuses_s_client_without_a_client_certificate() {
         other => panic!("expected a refused handshake, got {other:?}"),
     }
 }
+
+fn alpn_server(pki: &Pki) -> EchoServer {
+    let acceptor = TlsAcceptor::builder(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap()
+    .alpn_protocols(&[b"h2", b"http/1.1"])
+    .unwrap()
+    .build();
+    EchoServer::start(acceptor)
+}
+
+#[test]
+fn openssl_s_client_alpn_gets_the_servers_preferred_protocol() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = alpn_server(&pki);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_3").args(["-alpn", "http/1.1,h2"]),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.stdout.contains("ALPN protocol: h2"), "{ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}
+
+#[test]
+fn openssl_s_client_alpn_without_overlap_is_refused() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = alpn_server(&pki);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_2").args(["-alpn", "imap"]),
+        LINES.as_bytes(),
+        None,
+        LIMIT,
+    );
+    assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
+    assert!(ran.stderr.contains("no application protocol"), "{ran:#?}");
+    assert_eq!(server.ends(1).len(), 1);
+    assert!(server.ends(1)[0].is_err());
+}
+
+#[test]
+fn openssl_s_client_without_alpn_is_served_by_an_alpn_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = alpn_server(&pki);
+    let ran = run_peer(
+        &mut s_client(server.port, &dir, "-tls1_3"),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert!(ran.stdout.contains("No ALPN negotiated"), "{ran:#?}");
+}
+
+#[test]
+fn openssl_s_client_gets_the_certificate_for_the_name_it_sends() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let default = fresh_pki();
+    let named: Vec<(&str, Pki)> = ["alpha.test", "beta.test"]
+        .into_iter()
+        .map(|n| (n, Pki::generate(&[n]).unwrap()))
+        .collect();
+    let mut builder = TlsAcceptor::builder(
+        default.server_chain_pem.as_bytes(),
+        default.server_key_pem.as_bytes(),
+    )
+    .unwrap();
+    for (name, pki) in &named {
+        builder = builder
+            .sni_certificate(
+                name,
+                pki.server_chain_pem.as_bytes(),
+                pki.server_key_pem.as_bytes(),
+            )
+            .unwrap();
+    }
+    let server = EchoServer::start(builder.build());
+    let mut runs = 0;
+    for (name, pki) in named
+        .iter()
+        .map(|(n, p)| (*n, p))
+        .chain([("localhost", &default)])
+    {
+        let dir = pki_in_dir(pki);
+        // s_client checks the chain against this name's CA and the name itself.
+        let ran = run_peer(
+            Command::new("openssl")
+                .args(["s_client", "-connect"])
+                .arg(format!("127.0.0.1:{}", server.port))
+                .args(["-servername", name, "-verify_hostname", name])
+                .args(["-verify_return_error", "-CAfile"])
+                .arg(dir.file("ca.pem")),
+            LINES.as_bytes(),
+            Some(LINES),
+            LIMIT,
+        );
+        runs += 1;
+        assert!(ran.stdout.contains(LINES), "{name}: no echo: {ran:#?}");
+        let subject = ran
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or_default()
+            .replace(' ', "");
+        assert!(
+            subject.starts_with(&format!("subject=CN={name},")),
+            "{name}: {subject}"
+        );
+        assert!(
+            ran.stdout.contains(&format!("Verified peername: {name}")),
+            "{ran:#?}"
+        );
+        assert!(
+            ran.stdout.contains("Verify return code: 0 (ok)"),
+            "{ran:#?}"
+        );
+        assert_eq!(server.ends(runs).last(), Some(&Ok(())));
+    }
+}
+
+/// The echo and whether the session was resumed, or the error.
+type ResumeOutcome = Rc<RefCell<Option<Result<(Vec<u8>, bool), Error>>>>;
+
+/// Like [`our_client`] with a given connector; ends with our close_notify (which keeps
+/// the session resumable) and says whether the handshake resumed a session.
+fn our_resuming_client(
+    connector: &biotls::tls::TlsConnector,
+    port: u16,
+    data: &'static [u8],
+    until: usize,
+) -> Result<(Vec<u8>, bool), Error> {
+    let mut lp = Loop::new().unwrap();
+    let tcp = Tcp::connect(
+        &mut lp,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let tls = Tls::client(&mut lp, tcp, connector, "localhost").unwrap();
+    tls.write(&mut lp, data, |_, _, _| {}).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let result: ResumeOutcome = Rc::default();
+    let (g, r) = (Rc::clone(&got), Rc::clone(&result));
+    tls.start_read(&mut lp, move |lp, tls, read| match read {
+        Ok(Some(b)) => {
+            g.borrow_mut().extend_from_slice(&b);
+            if g.borrow().len() >= until && r.borrow().is_none() {
+                *r.borrow_mut() = Some(Ok((g.take(), tls.is_resumed(lp))));
+                let _ = tls.shutdown(lp, |lp, tls, _| tls.close(lp, |_, _| {}));
+            }
+        }
+        Ok(None) => tls.close(lp, |_, _| {}),
+        Err(e) => {
+            r.borrow_mut().get_or_insert(Err(e));
+            tls.close(lp, |_, _| {});
+        }
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || result.borrow().is_some());
+    // Let the close_notify go out.
+    while lp.run_once().unwrap() {}
+    result.take().unwrap()
+}
+
+#[test]
+fn our_client_resumes_sessions_with_openssl_s_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (_server, port) = s_server(
+            &dir.file("server.pem"),
+            &dir.file("server.key"),
+            &["-rev", version],
+        );
+        let connector = pki.connector().unwrap();
+        let line = b"resume me\n";
+        let (got, resumed) = our_resuming_client(&connector, port, line, line.len()).unwrap();
+        assert_eq!(got, b"em emuser\n");
+        assert!(!resumed, "{version}: first connection resumed");
+        let (_, resumed) = our_resuming_client(&connector, port, line, line.len()).unwrap();
+        assert!(resumed, "{version}: second connection not resumed");
+    }
+}
+
+#[test]
+fn openssl_s_client_resumes_a_saved_session_with_our_server() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    let sess = dir.file("session.pem");
+    let mut ends = 0;
+    for (version, name) in [("-tls1_3", "TLSv1.3"), ("-tls1_2", "TLSv1.2")] {
+        let first = run_peer(
+            s_client(server.port, &dir, version).args(["-sess_out", &sess]),
+            LINES.as_bytes(),
+            Some(LINES),
+            LIMIT,
+        );
+        assert!(first.stdout.contains(&format!("New, {name}")), "{first:#?}");
+        let second = run_peer(
+            s_client(server.port, &dir, version).args(["-sess_in", &sess]),
+            LINES.as_bytes(),
+            Some(LINES),
+            LIMIT,
+        );
+        assert!(second.stdout.contains(LINES), "no echo: {second:#?}");
+        assert!(
+            second.stdout.contains(&format!("Reused, {name}")),
+            "{version}: not resumed: {second:#?}"
+        );
+        ends += 2;
+        assert_eq!(server.ends(ends), vec![Ok(()); ends]);
+    }
+}
+
+#[test]
+fn our_servers_key_log_matches_openssl_s_clients() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let ours = dir.file("server.keys");
+    let theirs = dir.file("client.keys");
+    let acceptor = TlsAcceptor::builder(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap()
+    .keylog_file(&ours)
+    .unwrap()
+    .build();
+    let server = EchoServer::start(acceptor);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_3").args(["-keylogfile", &theirs]),
+        LINES.as_bytes(),
+        Some(LINES),
+        LIMIT,
+    );
+    assert!(ran.stdout.contains(LINES), "no echo: {ran:#?}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+    let lines = |path: &str| {
+        let mut l: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        l.sort();
+        l
+    };
+    let (ours, theirs) = (lines(&ours), lines(&theirs));
+    assert_eq!(ours.len(), 5, "{ours:#?}");
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn openssl_s_client_key_updates_mid_stream_keep_the_echo_going() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let server = EchoServer::start(pki.acceptor().unwrap());
+    let mut child = Guard(
+        s_client(server.port, &dir, "-tls1_3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (out, _out_thread) = collect(child.0.stdout.take().unwrap());
+    let (err, _err_thread) = collect(child.0.stderr.take().unwrap());
+    let mut stdin = child.0.stdin.take().unwrap();
+    let wait_for = |buf: &Arc<Mutex<Vec<u8>>>, text: &str, count: usize| {
+        let deadline = Instant::now() + LIMIT;
+        while String::from_utf8_lossy(&buf.lock().unwrap())
+            .matches(text)
+            .count()
+            < count
+        {
+            assert!(Instant::now() < deadline, "no {text:?} from s_client");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // s_client reads a line that is just "K" as a command: a KeyUpdate requesting ours
+    // ("k": without the request). One write per line, each after the previous echo.
+    for (i, (line, command)) in [("before", "K"), ("between", "k"), ("after", "K")]
+        .into_iter()
+        .enumerate()
+    {
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        wait_for(&out, &format!("{line}\n"), 1);
+        stdin.write_all(format!("{command}\n").as_bytes()).unwrap();
+        wait_for(&err, "KEYUPDATE", i + 1);
+    }
+    stdin.write_all(b"last\n").unwrap();
+    wait_for(&out, "last\n", 1);
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    assert!(text.contains("before\nbetween\nafter\nlast\n"), "{text}");
+    assert_eq!(server.ends(1), vec![Ok(())]);
+}

@@ -41,7 +41,10 @@ pub enum Server {
 
 pub struct Setup {
     pub acceptor: TlsAcceptor,
+    /// Full handshakes only (resumption off), so every arm pays the same handshakes.
     pub connector: TlsConnector,
+    /// The same with session resumption, for the resumed-handshake measurement.
+    pub resuming: TlsConnector,
 }
 
 pub fn setup() -> Setup {
@@ -63,16 +66,21 @@ pub fn setup() -> Setup {
     if std::env::var_os("EXP_NOTICKET").is_some() {
         acceptor.context_builder_mut().set_num_tickets(0).unwrap();
     }
-    let mut connector = TlsConnector::builder()
-        .and_then(|b| b.ca_pem(pki.ca_pem.as_bytes()))
-        .expect("connector");
-    connector
-        .context_builder_mut()
-        .set_ciphersuites("TLS_AES_128_GCM_SHA256")
-        .expect("cipher suite");
+    let connector = |resumption: bool| {
+        let mut connector = TlsConnector::builder()
+            .and_then(|b| b.ca_pem(pki.ca_pem.as_bytes()))
+            .expect("connector")
+            .session_resumption(resumption);
+        connector
+            .context_builder_mut()
+            .set_ciphersuites("TLS_AES_128_GCM_SHA256")
+            .expect("cipher suite");
+        connector.build()
+    };
     Setup {
         acceptor: acceptor.build(),
-        connector: connector.build(),
+        connector: connector(false),
+        resuming: connector(true),
     }
 }
 

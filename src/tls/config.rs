@@ -4,16 +4,22 @@
 //! configuration serves any number of sessions.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use openssl::pkey::PKey;
+use std::sync::{Arc, Mutex};
+
 use openssl::ssl::{
-    SslAcceptor, SslConnector, SslContext, SslContextBuilder, SslContextRef, SslMethod, SslMode,
-    SslOptions, SslVerifyMode, SslVersion,
+    AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslConnector, SslContext,
+    SslContextBuilder, SslContextRef, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 
+use super::resume::{self, SessionCache};
 use super::session::stack_message;
 use crate::{Error, Result};
 
@@ -123,6 +129,68 @@ fn load_system_roots(ctx: &mut SslContextBuilder) -> usize {
     loaded
 }
 
+/// Encodes ALPN protocol names in the wire format (each prefixed by its length).
+fn alpn_wire(protocols: &[&[u8]]) -> Result<Vec<u8>> {
+    if protocols.is_empty() {
+        return Err(Error::config("ALPN: empty protocol list"));
+    }
+    let mut wire = Vec::new();
+    for p in protocols {
+        let len = u8::try_from(p.len())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::config("ALPN: a protocol name must be 1 to 255 bytes"))?;
+        wire.push(len);
+        wire.extend_from_slice(p);
+    }
+    Ok(wire)
+}
+
+/// Splits an ALPN wire-format list into its names (a malformed tail is ignored).
+fn alpn_names(mut wire: &[u8]) -> Vec<&[u8]> {
+    let mut names = Vec::new();
+    while let Some((&len, rest)) = wire.split_first() {
+        let Some((name, tail)) = rest.split_at_checked(len as usize) else {
+            break;
+        };
+        names.push(name);
+        wire = tail;
+    }
+    names
+}
+
+/// A key log file shared by every context that logs to it.
+type KeyLog = Arc<Mutex<File>>;
+
+/// Opens (creates, appends to) a key log file.
+fn open_keylog(path: &Path) -> Result<KeyLog> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Config(format!("key log {}: {e}", path.display())))?;
+    Ok(Arc::new(Mutex::new(file)))
+}
+
+/// Makes `ctx` append each secret it derives to `log`, one NSS key log line each.
+fn set_keylog(ctx: &mut SslContextBuilder, log: KeyLog) {
+    ctx.set_keylog_callback(move |_, line| {
+        // One `write` per line: appends from several contexts or processes do not mix.
+        let mut text = String::with_capacity(line.len() + 1);
+        text.push_str(line);
+        text.push('\n');
+        if let Ok(mut file) = log.lock()
+            && let Err(e) = file.write_all(text.as_bytes())
+        {
+            log::warn!("biotls: key log: {e}");
+        }
+    });
+}
+
+/// A server's ALPN selection callback: the SNI name (if any) and the client's offers, in
+/// the client's order; returns the chosen protocol or `None` to refuse the connection.
+type AlpnSelect = dyn for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync;
+
 /// Server-side TLS configuration: a certificate chain, its key, and policy.
 ///
 /// Cheap to clone (it wraps a reference-counted `SSL_CTX`). Create sessions with
@@ -146,19 +214,13 @@ impl TlsAcceptor {
     /// preferred), no compression, no renegotiation, no client certificate requested,
     /// partial writes enabled.
     pub fn builder(chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptorBuilder> {
-        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
-            .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
-        set_identity(&mut builder, chain_pem, key_pem)?;
-        builder.set_mode(
-            SslMode::ENABLE_PARTIAL_WRITE
-                | SslMode::ACCEPT_MOVING_WRITE_BUFFER
-                | SslMode::RELEASE_BUFFERS,
-        );
-        builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
-        builder
-            .set_session_id_context(SESSION_ID_CONTEXT)
-            .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
-        Ok(TlsAcceptorBuilder { ctx: builder })
+        Ok(TlsAcceptorBuilder {
+            ctx: server_context(chain_pem, key_pem)?,
+            names: Vec::new(),
+            alpn: None,
+            client_cas: Vec::new(),
+            keylog: None,
+        })
     }
 
     /// Like [`builder`](Self::builder), reading the chain and the key from PEM files.
@@ -189,9 +251,36 @@ impl TlsAcceptor {
     }
 }
 
+/// A server context with the defaults of [`TlsAcceptor::builder`] and one identity.
+fn server_context(chain_pem: &[u8], key_pem: &[u8]) -> Result<SslAcceptorBuilder> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+        .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
+    set_identity(&mut builder, chain_pem, key_pem)?;
+    builder.set_mode(
+        SslMode::ENABLE_PARTIAL_WRITE
+            | SslMode::ACCEPT_MOVING_WRITE_BUFFER
+            | SslMode::RELEASE_BUFFERS,
+    );
+    builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
+    builder
+        .set_session_id_context(SESSION_ID_CONTEXT)
+        .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
+    Ok(builder)
+}
+
 /// Builds a [`TlsAcceptor`].
+///
+/// Settings made with its methods apply to the default certificate's context and to
+/// every per-name context added with [`sni_certificate`](Self::sni_certificate) alike.
 pub struct TlsAcceptorBuilder {
-    ctx: openssl::ssl::SslAcceptorBuilder,
+    /// The default certificate's context (also the session and ticket-key context).
+    ctx: SslAcceptorBuilder,
+    /// SNI name (lowercase, possibly `*.domain`) -> its context, in the order added.
+    names: Vec<(String, SslAcceptorBuilder)>,
+    alpn: Option<Arc<AlpnSelect>>,
+    /// CAs for client certificates (mutual TLS), if required.
+    client_cas: Vec<X509>,
+    keylog: Option<KeyLog>,
 }
 
 impl fmt::Debug for TlsAcceptorBuilder {
@@ -205,14 +294,12 @@ impl TlsAcceptorBuilder {
     /// (mutual TLS). The handshake fails if the client sends none or an untrusted one.
     /// The CAs are also sent to clients as the list of acceptable issuers.
     pub fn require_client_cert(mut self, ca_pem: &[u8]) -> Result<Self> {
-        let cas = add_trusted(&mut self.ctx, "client CA", ca_pem)?;
-        for ca in &cas {
-            self.ctx
-                .add_client_ca(ca)
-                .map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
+        let cas = parse_certs("client CA", ca_pem)?;
+        require_client_cas(&mut self.ctx, &cas)?;
+        for (_, named) in &mut self.names {
+            require_client_cas(named, &cas)?;
         }
-        self.ctx
-            .set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        self.client_cas.extend(cas);
         Ok(self)
     }
 
@@ -223,18 +310,203 @@ impl TlsAcceptorBuilder {
         with_path(path, |pem| self.require_client_cert(pem))
     }
 
-    /// The underlying OpenSSL context builder, for settings this builder does not wrap
-    /// (verify callbacks, groups, ALPN selection, ...).
+    /// Negotiates ALPN (RFC 7301) with the server's `protocols`, in the server's order of
+    /// preference: the first of them that the client also offers is selected.
+    ///
+    /// A client that offers none of them is refused with a `no_application_protocol`
+    /// alert; a client that offers no ALPN at all is served without a protocol. Without
+    /// this call (or [`alpn_select`](Self::alpn_select)) the server ignores what clients
+    /// offer. The choice is in [`SessionInfo::alpn`](super::SessionInfo::alpn).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty list or a name that is empty or over 255 bytes.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::TlsAcceptor;
+    ///
+    /// let acceptor = TlsAcceptor::builder_from_files("certs/server.pem", "certs/server.key")?
+    ///     .alpn_protocols(&[b"h2", b"http/1.1"])?
+    ///     .build();
+    /// # let _ = acceptor;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn alpn_protocols(self, protocols: &[&[u8]]) -> Result<Self> {
+        alpn_wire(protocols)?; // validates the names
+        let ours: Vec<Vec<u8>> = protocols.iter().map(|p| p.to_vec()).collect();
+        Ok(self.alpn_select(move |_, offered| {
+            // Ours first: the server's preference decides.
+            ours.iter()
+                .find_map(|p| offered.iter().find(|o| **o == p.as_slice()).copied())
+        }))
+    }
+
+    /// Selects the ALPN protocol with `select`, called with the SNI name the client sent
+    /// (if any) and the protocols it offers (in its order). Returning `None` refuses the
+    /// connection with a `no_application_protocol` alert. Not called for clients that
+    /// offer no ALPN. Replaces [`alpn_protocols`](Self::alpn_protocols).
+    pub fn alpn_select<F>(mut self, select: F) -> Self
+    where
+        F: for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync + 'static,
+    {
+        self.alpn = Some(Arc::new(select));
+        self
+    }
+
+    /// Serves the certificate chain `chain_pem` (leaf first) with `key_pem` to clients
+    /// whose SNI name is `name` (case-insensitive; `*.example.com` matches one label).
+    /// Clients sending another name, or none, get the default certificate given to
+    /// [`TlsAcceptor::builder`]. May be called for any number of names; the first match
+    /// wins, exact names before wildcards.
+    ///
+    /// The per-name contexts share every other setting of this builder (ALPN, client
+    /// certificate verification, key logging, session id context), and the session cache
+    /// and ticket keys of the default context. Settings made through
+    /// [`context_builder_mut`](Self::context_builder_mut) apply to the default context only.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty name, or a chain or key that cannot be used.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::TlsAcceptor;
+    ///
+    /// let acceptor = TlsAcceptor::builder_from_files("certs/server.pem", "certs/server.key")?
+    ///     .sni_certificate_files("api.example.com", "certs/api.pem", "certs/api.key")?
+    ///     .build();
+    /// # let _ = acceptor;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn sni_certificate(mut self, name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(Error::config("SNI certificate: empty server name"));
+        }
+        let ctx = server_context(chain_pem, key_pem).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("SNI certificate for {name}: {msg}")),
+            other => other,
+        })?;
+        self.names.push((name, ctx));
+        Ok(self)
+    }
+
+    /// Like [`sni_certificate`](Self::sni_certificate), reading PEM files.
+    pub fn sni_certificate_files(
+        self,
+        name: &str,
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let chain_pem = read_file(chain)?;
+        let key_pem = read_file(key)?;
+        self.sni_certificate(name, &chain_pem, &key_pem)
+            .map_err(|e| match e {
+                Error::Config(msg) => {
+                    Error::Config(format!("{} / {}: {msg}", chain.display(), key.display()))
+                }
+                other => other,
+            })
+    }
+
+    /// **Debugging aid**: appends the secrets of every connection to `path` in the
+    /// SSLKEYLOGFILE format of NSS (one `LABEL <client random> <secret>` line per
+    /// secret), which lets Wireshark and similar tools decrypt a packet capture of the
+    /// traffic. Off by default; anyone who can read the file can decrypt the connections,
+    /// so never turn it on in production. The file is created if missing and written
+    /// from the loop thread (one small blocking write per secret).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the file cannot be opened for appending.
+    pub fn keylog_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        self.keylog = Some(open_keylog(path.as_ref())?);
+        Ok(self)
+    }
+
+    /// The underlying OpenSSL context builder of the default certificate, for settings
+    /// this builder does not wrap (verify callbacks, groups, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
         &mut self.ctx
     }
 
     /// Finishes the configuration.
     pub fn build(self) -> TlsAcceptor {
+        let TlsAcceptorBuilder {
+            mut ctx,
+            names,
+            alpn,
+            keylog,
+            ..
+        } = self;
+        let mut exact: Vec<(String, SslContext)> = Vec::new();
+        let mut wildcard: Vec<(String, SslContext)> = Vec::new();
+        for (name, mut named) in names {
+            if let Some(select) = &alpn {
+                set_alpn_select(&mut named, Arc::clone(select));
+            }
+            if let Some(log) = &keylog {
+                set_keylog(&mut named, Arc::clone(log));
+            }
+            let built = named.build().into_context();
+            match name.strip_prefix("*.") {
+                Some(domain) => wildcard.push((domain.to_owned(), built)),
+                None => exact.push((name, built)),
+            }
+        }
+        if let Some(select) = alpn {
+            set_alpn_select(&mut ctx, select);
+        }
+        if let Some(log) = keylog {
+            set_keylog(&mut ctx, log);
+        }
+        if !exact.is_empty() || !wildcard.is_empty() {
+            ctx.set_servername_callback(move |ssl, _alert| {
+                let Some(name) = ssl.servername(NameType::HOST_NAME) else {
+                    return Ok(()); // no SNI: the default certificate
+                };
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                let parent = name.split_once('.').map(|(_, rest)| rest);
+                let found = exact
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .or_else(|| wildcard.iter().find(|(d, _)| Some(d.as_str()) == parent));
+                match found {
+                    // Switches certificate and key (and the verify store, which holds the
+                    // same CAs); the session cache and ticket keys stay the default's.
+                    Some((_, named)) => ssl
+                        .set_ssl_context(named)
+                        .map_err(|_| SniError::ALERT_FATAL),
+                    None => Ok(()), // an unknown name: the default certificate
+                }
+            });
+        }
         TlsAcceptor {
-            ctx: self.ctx.build().into_context(),
+            ctx: ctx.build().into_context(),
         }
     }
+}
+
+/// Makes `ctx` require client certificates issued by `cas`, and name them to clients.
+fn require_client_cas(ctx: &mut SslContextBuilder, cas: &[X509]) -> Result<()> {
+    for ca in cas {
+        let added = ctx
+            .cert_store_mut()
+            .add_cert(ca.clone())
+            .and_then(|()| ctx.add_client_ca(ca));
+        added.map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
+    }
+    ctx.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    Ok(())
+}
+
+/// Installs the ALPN selection callback on a server context.
+fn set_alpn_select(ctx: &mut SslContextBuilder, select: Arc<AlpnSelect>) {
+    ctx.set_alpn_select_callback(move |ssl, client| {
+        let offered = alpn_names(client);
+        let name = ssl.servername(NameType::HOST_NAME);
+        // RFC 7301 3.2: no protocol in common is a fatal no_application_protocol alert.
+        select(name, &offered).ok_or(AlpnError::ALERT_FATAL)
+    });
 }
 
 /// Client-side TLS configuration: trusted CAs, an optional client certificate, policy.
@@ -245,12 +517,15 @@ impl TlsAcceptorBuilder {
 pub struct TlsConnector {
     connector: SslConnector,
     verify: bool,
+    /// Sessions to resume, shared by the clones of this connector.
+    cache: Option<Arc<SessionCache>>,
 }
 
 impl fmt::Debug for TlsConnector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConnector")
             .field("verify", &self.verify)
+            .field("session_resumption", &self.cache.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -284,6 +559,7 @@ impl TlsConnector {
             ctx,
             roots_configured: false,
             verify: true,
+            resumption: true,
         })
     }
 
@@ -299,6 +575,15 @@ impl TlsConnector {
     pub(crate) fn verifies_certificates(&self) -> bool {
         self.verify
     }
+
+    pub(crate) fn session_cache(&self) -> Option<&SessionCache> {
+        self.cache.as_deref()
+    }
+
+    /// Number of resumable sessions held for `server_name` (0 with resumption off).
+    pub fn cached_sessions(&self, server_name: &str) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len(server_name))
+    }
 }
 
 /// Builds a [`TlsConnector`].
@@ -306,6 +591,7 @@ pub struct TlsConnectorBuilder {
     ctx: openssl::ssl::SslConnectorBuilder,
     roots_configured: bool,
     verify: bool,
+    resumption: bool,
 }
 
 impl fmt::Debug for TlsConnectorBuilder {
@@ -380,8 +666,61 @@ impl TlsConnectorBuilder {
         self
     }
 
+    /// Offers ALPN (RFC 7301) `protocols`, most preferred first. The server's choice is in
+    /// [`SessionInfo::alpn`](super::SessionInfo::alpn) (`None` if the server ignored ALPN).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty list or a name that is empty or over 255 bytes.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::TlsConnector;
+    ///
+    /// let connector = TlsConnector::builder()?.alpn_protocols(&[b"h2", b"http/1.1"])?.build();
+    /// # let _ = connector;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn alpn_protocols(mut self, protocols: &[&[u8]]) -> Result<Self> {
+        let wire = alpn_wire(protocols)?;
+        self.ctx
+            .set_alpn_protos(&wire)
+            .map_err(|e| Error::Config(format!("ALPN: {}", stack_message(&e))))?;
+        Ok(self)
+    }
+
+    /// **Debugging aid**: appends the secrets of every connection to `path` in the
+    /// SSLKEYLOGFILE format of NSS (one `LABEL <client random> <secret>` line per
+    /// secret), which lets Wireshark and similar tools decrypt a packet capture of the
+    /// traffic. Off by default; anyone who can read the file can decrypt the connections,
+    /// so never turn it on in production. The file is created if missing and written
+    /// from the loop thread (one small blocking write per secret).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the file cannot be opened for appending.
+    pub fn keylog_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        set_keylog(&mut self.ctx, open_keylog(path.as_ref())?);
+        Ok(self)
+    }
+
+    /// Turns client-side session resumption on (the default) or off.
+    ///
+    /// With it on, the connector and its clones share a cache of sessions by server name
+    /// (the `server_name` given to [`Tls::client`](super::Tls::client)): the TLS 1.3
+    /// tickets or TLS 1.2 sessions a server sends are kept, and the next connection to
+    /// the same name offers one, skipping the certificate exchange and its signature if
+    /// the server accepts. [`Tls::is_resumed`](super::Tls::is_resumed) tells whether it
+    /// did. A TLS 1.3 ticket is used once; a TLS 1.2 session is reused.
+    ///
+    /// Sessions are stored when they arrive (a TLS 1.3 server sends its tickets after the
+    /// handshake, so the client must read for a moment); OpenSSL discards a client
+    /// session whose connection ended without our close_notify.
+    pub fn session_resumption(mut self, enabled: bool) -> Self {
+        self.resumption = enabled;
+        self
+    }
+
     /// The underlying OpenSSL context builder, for settings this builder does not wrap
-    /// (ALPN protocols, verify callbacks, groups, protocol versions, ...).
+    /// (verify callbacks, groups, protocol versions, ...).
     pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
         &mut self.ctx
     }
@@ -395,9 +734,26 @@ impl TlsConnectorBuilder {
                 "biotls: no system CA certificates found; set SSL_CERT_FILE or SSL_CERT_DIR"
             );
         }
+        let cache = match (self.resumption, resume::key_index()) {
+            (true, Some(index)) => {
+                let cache = Arc::new(SessionCache::default());
+                let store = Arc::clone(&cache);
+                self.ctx.set_session_cache_mode(
+                    SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL,
+                );
+                self.ctx.set_new_session_callback(move |ssl, session| {
+                    if let Some(name) = ssl.ex_data(index) {
+                        store.put(name, session);
+                    }
+                });
+                Some(cache)
+            }
+            _ => None,
+        };
         TlsConnector {
             connector: self.ctx.build(),
             verify: self.verify,
+            cache,
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use openssl::ssl::SslRef;
@@ -22,6 +22,7 @@ use openssl::x509::X509;
 
 use super::config::{TlsAcceptor, TlsConnector};
 use super::session::{ReadOutcome, SessionInfo, TlsSession};
+use super::stats::TlsStats;
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::{RawId, State};
@@ -157,6 +158,12 @@ struct TlsState<S: Stream> {
     /// Set by `close`: the handle is gone for the user, and waits for the inner stream's
     /// close to settle the writes whose ciphertext it had already taken.
     closing: Option<CloseCb<S>>,
+    /// For [`Tls::stats`]: creation time, handshake duration, bytes received and
+    /// delivered (the bytes sent are `plain_encrypted` and `cipher_sent`).
+    created: Instant,
+    handshake_duration: Option<Duration>,
+    cipher_received: u64,
+    plain_delivered: u64,
 }
 
 /// The state of an open handle (not closing).
@@ -242,6 +249,10 @@ impl<S: Stream> Tls<S> {
             pump_again: false,
             cork: false,
             closing: None,
+            created: Instant::now(),
+            handshake_duration: None,
+            cipher_received: 0,
+            plain_delivered: 0,
         };
         let id = lp.insert(State::Any(Box::new(state)));
         let tls = Tls(id, PhantomData);
@@ -304,6 +315,53 @@ impl<S: Stream> Tls<S> {
     /// Whether the handshake has completed.
     pub fn is_handshake_complete(self, lp: &Loop) -> bool {
         st_ref::<S>(lp, self.0).is_some_and(|t| t.session.is_handshake_complete())
+    }
+
+    /// Sends a TLS 1.3 KeyUpdate, and with `request_peer` asks the peer to update its
+    /// sending keys too. Writes already queued keep flowing (those not yet encrypted go
+    /// out under the new keys), and reading goes on; nothing waits for the peer.
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; [`Error::InvalidState`] before the handshake completes, after
+    /// `shutdown`, or on a TLS 1.2 connection; the handle's earlier failure.
+    pub fn key_update(self, lp: &mut Loop, request_peer: bool) -> Result<()> {
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if let Some(e) = &t.failed {
+            return Err(e.clone());
+        }
+        if !matches!(t.shutdown, ShutdownState::Open) {
+            return Err(Error::InvalidState("KeyUpdate after shutdown"));
+        }
+        t.session.key_update(request_peer)?;
+        pump::<S>(lp, self.0, false);
+        Ok(())
+    }
+
+    /// Bytes moved so far and what was negotiated (see [`TlsStats`]).
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn stats(self, lp: &Loop) -> Result<TlsStats> {
+        let t = st_ref::<S>(lp, self.0).ok_or(Error::Closed)?;
+        let info = t.session.info();
+        Ok(TlsStats {
+            plaintext_in: t.plain_delivered,
+            plaintext_out: t.plain_encrypted,
+            ciphertext_in: t.cipher_received,
+            ciphertext_out: t.cipher_sent,
+            handshake_duration: t.handshake_duration,
+            version: info.version,
+            cipher: info.cipher,
+            alpn: info.alpn,
+            resumed: info.resumed && t.session.is_handshake_complete(),
+        })
+    }
+
+    /// Whether the handshake resumed an earlier session (TLS 1.3 ticket, TLS 1.2 session
+    /// id or ticket) instead of a full handshake. `false` before the handshake completes.
+    pub fn is_resumed(self, lp: &Loop) -> bool {
+        st_ref::<S>(lp, self.0)
+            .is_some_and(|t| t.session.is_handshake_complete() && t.session.ssl().session_reused())
     }
 
     /// What was negotiated: protocol version, cipher, ALPN protocol, SNI name.
@@ -555,6 +613,7 @@ fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
         match t.session.handshake() {
             Ok(true) => {
                 t.handshake_to_report = true;
+                t.handshake_duration = Some(t.created.elapsed());
                 if let Some(timer) = t.handshake_timer.take() {
                     timer.close(lp);
                 }
@@ -799,6 +858,7 @@ fn on_inner_read<S: Stream>(lp: &mut Loop, id: RawId, r: ReadResult) {
     match r {
         Ok(Some(data)) => {
             t.idle.touch(now);
+            t.cipher_received += data.len() as u64;
             t.session.feed_ciphertext(data);
         }
         Ok(None) => {
@@ -861,6 +921,9 @@ fn deliver<S: Stream>(lp: &mut Loop, id: RawId) {
         // Decrypting may have produced output (a KeyUpdate reply, an alert).
         let data = buf.split().freeze();
         lp.plain_buf = buf;
+        if let Some(t) = st::<S>(lp, id) {
+            t.plain_delivered += data.len() as u64;
+        }
         flush_ciphertext::<S>(lp, id);
         if !data.is_empty() && !call_read::<S>(lp, id, Ok(Some(data))) {
             return;

@@ -18,11 +18,13 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use bytes::{Buf, Bytes, BytesMut};
+use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
-use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslStream};
+use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslSessionRef, SslStream};
 use openssl::x509::X509;
 
 use super::config::{TlsAcceptor, TlsConnector};
+use super::resume;
 use crate::{Error, Result};
 
 /// `ERR_LIB_SSL`.
@@ -142,6 +144,10 @@ pub struct TlsSession {
     close_notify_received: bool,
     failed: Option<Error>,
     requested_name: Option<String>,
+    /// An `SSL_write` returned WANT_* and must be retried with the same data before
+    /// anything else is written (never happens over the memory transport, which takes
+    /// everything; tracked so `key_update` can rely on it).
+    write_retry_pending: bool,
 }
 
 impl fmt::Debug for TlsSession {
@@ -209,6 +215,54 @@ fn setup_error(what: &str, stack: &ErrorStack) -> Error {
     Error::Config(format!("{what}: {}", stack_message(stack)))
 }
 
+/// Offers `session` for resumption on a new client `ssl`. A failure only means a full
+/// handshake.
+#[allow(unsafe_code)]
+fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
+    // SAFETY: `set_session` requires `session` to belong to the `SslContext` that `ssl`
+    // was created from. `ssl` comes from `TlsConnector::connector()`'s context, and the
+    // session from that connector's cache, which only that context's new-session
+    // callback fills (the cache and the context are created together in
+    // `TlsConnectorBuilder::build` and shared only by clones of that connector).
+    if unsafe { ssl.set_session(session) }.is_err() {
+        clear_error_queue();
+    }
+}
+
+// Declaring a foreign function is `unsafe_code` too; its one caller is below.
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    /// `int SSL_key_update(SSL *s, int updatetype)` (OpenSSL 1.1.1+), not bound by the
+    /// `openssl` crate.
+    fn SSL_key_update(
+        s: *mut openssl_sys::SSL,
+        updatetype: std::os::raw::c_int,
+    ) -> std::os::raw::c_int;
+}
+
+/// `SSL_KEY_UPDATE_NOT_REQUESTED` / `SSL_KEY_UPDATE_REQUESTED`.
+const KEY_UPDATE_NOT_REQUESTED: std::os::raw::c_int = 0;
+const KEY_UPDATE_REQUESTED: std::os::raw::c_int = 1;
+
+/// Marks `stream`'s established TLS 1.3 session to send a KeyUpdate. Returns whether
+/// OpenSSL accepted.
+#[allow(unsafe_code)]
+fn request_key_update(stream: &mut SslStream<MemDuplex>, request_peer: bool) -> bool {
+    let kind = if request_peer {
+        KEY_UPDATE_REQUESTED
+    } else {
+        KEY_UPDATE_NOT_REQUESTED
+    };
+    let ssl = stream.ssl().as_ptr();
+    // SAFETY: `ssl` is a live `SSL*` owned by `stream`, which we borrow mutably for the
+    // whole call, so no other Rust code uses the `SSL` meanwhile (the `openssl` crate
+    // offers no `&mut SslRef` inside an `SslStream`, hence the pointer from `&SslRef`).
+    // The declaration matches OpenSSL's prototype, `kind` is one of the two values it
+    // accepts, and it checks the rest itself (handshake finished, no pending write
+    // retry), failing with 0 rather than misbehaving. It calls back into no Rust code.
+    unsafe { SSL_key_update(ssl, kind) == 1 }
+}
+
 impl TlsSession {
     fn new(ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
         let stream = SslStream::new(ssl, MemDuplex::default())
@@ -221,6 +275,7 @@ impl TlsSession {
             close_notify_received: false,
             failed: None,
             requested_name,
+            write_retry_pending: false,
         })
     }
 
@@ -273,6 +328,12 @@ impl TlsSession {
             ))
         })?;
         ssl.set_connect_state();
+        if let (Some(cache), Some(index)) = (connector.session_cache(), resume::key_index()) {
+            ssl.set_ex_data(index, server_name.to_owned());
+            if let Some(session) = cache.get(server_name) {
+                offer_session(&mut ssl, &session);
+            }
+        }
         configure(&mut ssl)?;
         Self::new(ssl, false, Some(server_name.to_owned()))
     }
@@ -480,8 +541,61 @@ impl TlsSession {
         }
         clear_error_queue();
         match self.stream.ssl_write(data) {
-            Ok(n) => Ok(n),
-            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(0),
+            Ok(n) => {
+                self.write_retry_pending = false;
+                Ok(n)
+            }
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => {
+                self.write_retry_pending = true;
+                Ok(0)
+            }
+            Err(e) => {
+                let err = Error::Tls(ssl_error_reason(&e));
+                Err(self.fail(err))
+            }
+        }
+    }
+
+    /// Sends a TLS 1.3 KeyUpdate: our sending keys change from the next record on, and
+    /// with `request_peer` the peer is asked to update its sending keys too (its reply
+    /// shows up as ciphertext after a later [`read`](Self::read)). Take the message with
+    /// [`take_ciphertext`](Self::take_ciphertext). Plaintext written afterwards is
+    /// encrypted with the new keys; nothing is lost or reordered.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] before the handshake completes, after
+    /// [`shutdown`](Self::shutdown), with TLS 1.2 (which has no KeyUpdate), or while a
+    /// partial write is pending; [`Error::Tls`] if OpenSSL refuses; the session's
+    /// earlier fatal error.
+    pub fn key_update(&mut self, request_peer: bool) -> Result<()> {
+        self.check_failed()?;
+        if !self.handshake_done {
+            return Err(Error::InvalidState(
+                "KeyUpdate before the handshake completed",
+            ));
+        }
+        if self.shutdown_sent {
+            return Err(Error::InvalidState("KeyUpdate after TLS shutdown"));
+        }
+        if self.stream.ssl().version2() != Some(ssl::SslVersion::TLS1_3) {
+            return Err(Error::InvalidState("KeyUpdate needs TLS 1.3"));
+        }
+        if self.write_retry_pending {
+            return Err(Error::InvalidState(
+                "KeyUpdate while a partial write is pending",
+            ));
+        }
+        clear_error_queue();
+        if !request_key_update(&mut self.stream, request_peer) {
+            let stack = ErrorStack::get();
+            return Err(Error::Tls(format!("KeyUpdate: {}", stack_message(&stack))));
+        }
+        // The request only marks the session; the handshake machinery writes the
+        // message now (into the memory transport, so it completes at once).
+        clear_error_queue();
+        match self.stream.do_handshake() {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(()),
             Err(e) => {
                 let err = Error::Tls(ssl_error_reason(&e));
                 Err(self.fail(err))
