@@ -67,6 +67,15 @@ struct Args {
     /// Print JSON lines instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also load the servers as processes of their own, from this process: the
+    /// `tls_echo_server` example (build it first: `cargo build --release --examples`)
+    /// against this example's blocking server run as a child; server CPU from
+    /// /proc/PID/stat, idle memory from the server process's RSS.
+    #[arg(long)]
+    processes: bool,
+    /// Internal: serve blocking TLS echo on ADDR with CERT and KEY until killed.
+    #[arg(long, hide = true, num_args = 3, value_names = ["ADDR", "CERT", "KEY"])]
+    serve_blocking: Option<Vec<String>>,
     /// Internal: hold N idle TLS connections to ADDR (used by the memory measurement).
     #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "N"])]
     idle_client: Option<Vec<String>>,
@@ -141,10 +150,17 @@ fn human(size: usize) -> String {
 
 fn handshakes(setup: &Setup, server: Server, count: u32) -> (f64, f64) {
     let running = Running::start(setup, server, Proto::Tls, Mode::Echo);
-    // Sequential blocking client: connect, handshake, close_notify, wait for the server's.
+    let wall = handshake_client(setup, running.addr, count);
+    let cpu = running.cpu_after(count as usize).as_secs_f64();
+    running.stop();
+    (count as f64 / wall.as_secs_f64(), cpu / count as f64 * 1e6)
+}
+
+/// Sequential blocking client: connect, full handshake, close_notify, wait for the
+/// server's; returns the wall time for `count` of them.
+fn handshake_client(setup: &Setup, addr: SocketAddr, count: u32) -> Duration {
     let ctx = setup.connector.context().to_owned();
-    let addr = running.addr;
-    let wall = thread::spawn(move || {
+    thread::spawn(move || {
         let start = Instant::now();
         for _ in 0..count {
             let tcp = std::net::TcpStream::connect(addr).expect("connect");
@@ -158,10 +174,7 @@ fn handshakes(setup: &Setup, server: Server, count: u32) -> (f64, f64) {
         start.elapsed()
     })
     .join()
-    .expect("client");
-    let cpu = running.cpu_after(count as usize).as_secs_f64();
-    running.stop();
-    (count as f64 / wall.as_secs_f64(), cpu / count as f64 * 1e6)
+    .expect("client")
 }
 
 /// One connection from a `TlsSession` driven over a blocking socket: handshake, our
@@ -266,6 +279,10 @@ fn main() {
         idle_client(idle);
         return;
     }
+    if let Some(spec) = &args.serve_blocking {
+        serve_blocking(spec);
+        return;
+    }
     let mut args = args;
     fit_to_fd_limit(&mut args);
     let setup = setup();
@@ -334,6 +351,9 @@ fn main() {
     }
     if args.idle > 0 {
         idle_memory(&args, &setup);
+    }
+    if args.processes {
+        processes(&args, &setup);
     }
 }
 
@@ -505,7 +525,19 @@ fn idle_client(spec: &[String]) {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let addr: SocketAddr = spec[0].parse().expect("addr");
     let n: usize = spec[1].parse().expect("count");
-    // Reuse the server's trust: any CA works since the client skips verification here.
+    let _connections = hold_idle(addr, n);
+    println!("ready");
+    std::io::stdout().flush().ok();
+    // Hold the connections until killed.
+    loop {
+        thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Opens `n` TLS connections to `addr`, each with one echoed byte, and returns the loop
+/// that holds them (dropping it closes them).
+fn hold_idle(addr: SocketAddr, n: usize) -> Loop {
+    // Memory is measured, not trust: this client skips verification.
     let connector = TlsConnector::builder()
         .expect("connector")
         .danger_disable_certificate_verification()
@@ -533,10 +565,205 @@ fn idle_client(spec: &[String]) {
         }
         lp.run_once().expect("run");
     }
-    println!("ready");
-    std::io::stdout().flush().ok();
-    // Hold the connections until killed.
+    lp
+}
+
+/// `--serve-blocking`: the blocking server of the in-process table, as a process.
+fn serve_blocking(spec: &[String]) {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let acceptor = biotls::tls::TlsAcceptor::builder_from_files(&spec[1], &spec[2])
+        .map(|mut b| {
+            let _ = b
+                .context_builder_mut()
+                .set_ciphersuites("TLS_AES_128_GCM_SHA256");
+            b.build()
+        })
+        .expect("certificates");
+    let listener = std::net::TcpListener::bind(&spec[0]).expect("bind");
+    let _running = harness::start_blocking_server_on(
+        listener,
+        Proto::Tls,
+        Mode::Echo,
+        acceptor.context().clone(),
+    );
     loop {
         thread::sleep(Duration::from_secs(60));
     }
+}
+
+/// User plus system CPU time of process `pid` (from /proc, in clock ticks of 10 ms).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // After the command name: state, then numbers; utime and stime are the 12th and
+    // 13th of those (fields 14 and 15 of the line). USER_HZ is 100 on Linux.
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// A server child process, killed on drop.
+struct Child {
+    proc: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn spawn_server(mut cmd: std::process::Command, addr: SocketAddr) -> Option<Child> {
+    let proc = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("cannot start {cmd:?}: {e}"))
+        .ok()?;
+    let child = Child { proc, addr };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            eprintln!("{cmd:?} did not start listening on {addr}");
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Some(child)
+}
+
+/// `--processes`: `tls_echo_server` and the blocking server as processes of their own.
+fn processes(args: &Args, setup: &Setup) {
+    let exe = std::env::current_exe().expect("current exe");
+    let echo_server = exe.with_file_name("tls_echo_server");
+    if !echo_server.exists() {
+        eprintln!(
+            "--processes: {} not found; build it with `cargo build --release --examples`",
+            echo_server.display()
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("biotls-throughput-{}", std::process::id()));
+    setup.pki.write_to_dir(&dir).expect("write certificates");
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let loop_addr = free_port();
+    let mut cmd = std::process::Command::new(&echo_server);
+    cmd.arg("--listen")
+        .arg(loop_addr.to_string())
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key);
+    let loop_server = spawn_server(cmd, loop_addr);
+    let blocking_addr = free_port();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("--serve-blocking")
+        .arg(blocking_addr.to_string())
+        .arg(&cert)
+        .arg(&key);
+    let blocking_server = spawn_server(cmd, blocking_addr);
+    let (Some(ours), Some(theirs)) = (loop_server, blocking_server) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    if !args.json {
+        println!(
+            "\nservers as processes: tls_echo_server vs a blocking SslStream server (thread per connection)"
+        );
+    }
+    let measure = |child: &Child, size: usize, bytes: u64| {
+        let before = process_cpu(child.proc.id());
+        let wall = run_client(
+            Proto::Tls,
+            Mode::Echo,
+            child.addr,
+            setup.connector.clone(),
+            1,
+            bytes,
+            size,
+        );
+        thread::sleep(Duration::from_millis(50));
+        let cpu = process_cpu(child.proc.id())
+            .saturating_sub(before)
+            .as_secs_f64();
+        Row {
+            test: "echo",
+            arm: String::new(),
+            size,
+            mib_s: bytes as f64 / (1 << 20) as f64 / wall.as_secs_f64(),
+            cpu_per_gib: cpu / (bytes as f64 / (1u64 << 30) as f64),
+        }
+    };
+    for &size in &args.sizes {
+        // Twice the in-process payload: process CPU comes in 10 ms ticks.
+        let bytes = 2 * if size < 16 * 1024 {
+            args.bytes / 4
+        } else {
+            args.bytes
+        };
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            a.push(measure(&ours, size, bytes));
+            b.push(measure(&theirs, size, bytes));
+        }
+        let (mut a, mut b) = (median(a), median(b));
+        a.arm = "tls_echo_server".into();
+        b.arm = "blocking process".into();
+        print_pair(args, &a, &b);
+    }
+    if args.handshakes > 0 {
+        let rate_cpu = |child: &Child| {
+            let before = process_cpu(child.proc.id());
+            let wall = handshake_client(setup, child.addr, args.handshakes);
+            thread::sleep(Duration::from_millis(50));
+            let cpu = process_cpu(child.proc.id())
+                .saturating_sub(before)
+                .as_secs_f64();
+            (
+                args.handshakes as f64 / wall.as_secs_f64(),
+                cpu / args.handshakes as f64 * 1e6,
+            )
+        };
+        let (or, ou) = rate_cpu(&ours);
+        let (tr, tu) = rate_cpu(&theirs);
+        println!(
+            "processes, full handshakes: tls_echo_server {or:.0}/s, {ou:.0} µs server CPU each; blocking {tr:.0}/s, {tu:.0} µs; CPU ratio {:.2}",
+            ou / tu
+        );
+    }
+    if args.idle > 0 {
+        for child in [&ours, &theirs] {
+            let before = rss_bytes(child.proc.id());
+            let held = hold_idle(child.addr, args.idle);
+            thread::sleep(Duration::from_millis(300));
+            let after = rss_bytes(child.proc.id());
+            drop(held);
+            println!(
+                "processes, idle memory: {} {:.1} KiB per established TLS connection (RSS growth over {})",
+                if std::ptr::eq(child, &ours) {
+                    "tls_echo_server"
+                } else {
+                    "blocking"
+                },
+                after.saturating_sub(before) as f64 / args.idle as f64 / 1024.0,
+                args.idle
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,8 @@ pub enum Server {
 }
 
 pub struct Setup {
+    /// The certificates behind `acceptor` (servers in other processes load them).
+    pub pki: Pki,
     pub acceptor: TlsAcceptor,
     /// Full handshakes only (resumption off), so every arm pays the same handshakes.
     pub connector: TlsConnector,
@@ -58,14 +60,6 @@ pub fn setup() -> Setup {
         .context_builder_mut()
         .set_ciphersuites("TLS_AES_128_GCM_SHA256")
         .expect("cipher suite");
-    if std::env::var_os("EXP_NOCACHE").is_some() {
-        acceptor
-            .context_builder_mut()
-            .set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
-    }
-    if std::env::var_os("EXP_NOTICKET").is_some() {
-        acceptor.context_builder_mut().set_num_tickets(0).unwrap();
-    }
     let connector = |resumption: bool| {
         let mut connector = TlsConnector::builder()
             .and_then(|b| b.ca_pem(pki.ca_pem.as_bytes()))
@@ -81,6 +75,7 @@ pub fn setup() -> Setup {
         acceptor: acceptor.build(),
         connector: connector(false),
         resuming: connector(true),
+        pki,
     }
 }
 
@@ -224,8 +219,18 @@ fn serve<S: Stream>(lp: &mut Loop, s: S, mode: Mode, on_close: impl FnOnce() + '
 }
 
 fn start_blocking_server(proto: Proto, mode: Mode, ctx: SslContext) -> Running {
-    let stats: Arc<Stats> = Arc::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    start_blocking_server_on(listener, proto, mode, ctx)
+}
+
+/// The blocking server (an accept thread, then a thread per connection) on `listener`.
+pub fn start_blocking_server_on(
+    listener: std::net::TcpListener,
+    proto: Proto,
+    mode: Mode,
+    ctx: SslContext,
+) -> Running {
+    let stats: Arc<Stats> = Arc::default();
     let addr = listener.local_addr().expect("addr");
     let st = Arc::clone(&stats);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
