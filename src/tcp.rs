@@ -123,7 +123,8 @@ pub(crate) struct TcpState {
     reqs: VecDeque<(u64, DoneCb)>,
     shutdown: ShutdownState,
     connect: Option<Connecting>,
-    /// Set when a write failed: the stream is broken, later writes fail at once.
+    /// Set when a write failed: the stream is broken, later writes fail at once, and a
+    /// read that meets end of stream reports it instead (see [`lost_connection`]).
     write_error: Option<Error>,
 }
 
@@ -439,7 +440,11 @@ impl Stream for Tcp {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let err = Error::from(e);
+                    t.write_error = Some(err.clone());
+                    return Err(err);
+                }
             }
         }
     }
@@ -663,7 +668,10 @@ fn read_loop(lp: &mut Loop, id: RawId, short_read_drains: bool) {
             _ => Ok(0), // unreachable: checked above, nothing ran in between
         };
         let (result, n) = match res {
-            Ok(0) => (Ok(None), 0),
+            Ok(0) => match tcp(lp, id).ok().and_then(|t| lost_connection(t)) {
+                Some(e) => (Err(e), 0),
+                None => (Ok(None), 0),
+            },
             Ok(n) => (Ok(Some(buf.split_to(n).freeze())), n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 lp.put_read_buf(buf);
@@ -705,6 +713,17 @@ fn read_loop(lp: &mut Loop, id: RawId, short_read_drains: bool) {
             return;
         }
     }
+}
+
+/// The error a read reports instead of end of stream. The kernel reports a connection's
+/// error (a reset, a timeout) once, to whichever call comes first, and reads return 0
+/// after it: when a write got it (a flush on the error event, or a write from a read
+/// callback), the reader must still see the reset, not a clean EOF. `EPIPE` is not such
+/// an error: it only means the error was reported already.
+fn lost_connection(t: &TcpState) -> Option<Error> {
+    t.write_error
+        .clone()
+        .filter(|e| e.io_kind().is_some_and(|k| k != io::ErrorKind::BrokenPipe))
 }
 
 /// Writes queued data until the queue is empty or the socket would block, completes the
