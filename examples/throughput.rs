@@ -594,17 +594,19 @@ fn serve_blocking(spec: &[String]) {
 /// User plus system CPU time of process `pid` (from /proc, in clock ticks of 10 ms).
 fn process_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<u64> = stat
+    // After the command name come the fields from `state` (field 3) on; utime and stime
+    // are fields 14 and 15. Some fields can be negative, so index, don't filter.
+    let rest: Vec<&str> = stat
         .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect()
-        })
+        .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    // After the command name: state, then numbers; utime and stime are the 12th and
-    // 13th of those (fields 14 and 15 of the line). USER_HZ is 100 on Linux.
-    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    let field = |n: usize| {
+        rest.get(n - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // USER_HZ is 100 on Linux.
+    let ticks = field(14) + field(15);
     Duration::from_millis(ticks * 10)
 }
 

@@ -97,6 +97,8 @@ pub struct Loop {
     read_buf: BytesMut,
     /// Per-loop plaintext buffer of the TLS handles, split off like `read_buf`.
     pub(crate) plain_buf: BytesMut,
+    /// Per-loop ciphertext output buffer lent to the TLS sessions while they encrypt.
+    pub(crate) cipher_buf: BytesMut,
     /// Number of referenced, active handles.
     active: usize,
     stopped: bool,
@@ -147,6 +149,7 @@ impl Loop {
             ready_again: Vec::new(),
             read_buf: BytesMut::new(),
             plain_buf: BytesMut::new(),
+            cipher_buf: BytesMut::new(),
             active: 0,
             stopped: false,
             remote: Arc::new(Remote {

@@ -664,6 +664,20 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
     // record adds at most 5 (header) + 1 (content type) + 16 (tag) bytes in TLS 1.3,
     // 5 + 8 + 16 in TLS 1.2.
     let records = t.pending_bytes.div_ceil(RECORD);
+    if t.pending_bytes > 0 {
+        // Encrypt into the loop's output buffer (reclaimed in place when the ciphertext
+        // split off it last time has been written and dropped).
+        let spare = std::mem::take(&mut lp.cipher_buf);
+        let Some(t) = st::<S>(lp, id) else {
+            return Ok(());
+        };
+        if let Some(unused) = t.session.provide_output_buffer(spare) {
+            lp.cipher_buf = unused;
+        }
+    }
+    let Some(t) = st::<S>(lp, id) else {
+        return Ok(());
+    };
     t.session.reserve_ciphertext(t.pending_bytes + records * 32);
     let mut stage: Vec<u8> = Vec::new();
     while let Some(front_len) = t.pending.front().map(Bytes::len) {
@@ -735,7 +749,16 @@ fn mark_encrypted<S: Stream>(t: &mut TlsState<S>) {
 fn flush_ciphertext<S: Stream>(lp: &mut Loop, id: RawId) {
     let Some(t) = st::<S>(lp, id) else { return };
     let inner = t.inner;
-    if let Some(data) = t.session.take_ciphertext() {
+    let data = t.session.take_ciphertext();
+    // The session keeps no buffer between flushes; the loop keeps the larger one.
+    let spare = t.session.take_output_buffer();
+    if let Some(spare) = spare
+        && spare.capacity() > lp.cipher_buf.capacity()
+    {
+        lp.cipher_buf = spare;
+    }
+    if let Some(data) = data {
+        let Some(t) = st::<S>(lp, id) else { return };
         t.cipher_sent += data.len() as u64;
         let end = t.cipher_sent;
         let queued = inner.write(lp, data, move |lp, _, r| {

@@ -373,11 +373,35 @@ impl TlsSession {
         if tx.is_empty() {
             None
         } else {
-            // Hand over the whole buffer: keeping the rest of its capacity would pin the
-            // allocation (shared with the `Bytes` in flight) for as long as the session
-            // lives, which is what idle connections must not do.
-            Some(std::mem::take(tx).freeze())
+            // The rest of the capacity stays: `take_output_buffer` hands it on, so that
+            // an idle session holds none (see `provide_output_buffer`).
+            Some(tx.split().freeze())
         }
+    }
+
+    /// Lends the session a buffer to encrypt into, so that one buffer can serve many
+    /// sessions (the `Tls` handle keeps one per loop). Used only while no ciphertext is
+    /// pending; otherwise `buf` is handed back.
+    ///
+    /// Allocating a fresh output buffer for every batch costs page faults once buffers
+    /// are large; a shared one is reclaimed in place once the ciphertext split off it has
+    /// been written and dropped.
+    pub fn provide_output_buffer(&mut self, buf: BytesMut) -> Option<BytesMut> {
+        let tx = &mut self.stream.get_mut().tx;
+        if tx.is_empty() {
+            *tx = buf;
+            tx.clear();
+            None
+        } else {
+            Some(buf)
+        }
+    }
+
+    /// Takes the output buffer, with its spare capacity, once its ciphertext has been
+    /// taken (`None` while ciphertext is pending). The session keeps no buffer.
+    pub fn take_output_buffer(&mut self) -> Option<BytesMut> {
+        let tx = &mut self.stream.get_mut().tx;
+        tx.is_empty().then(|| std::mem::take(tx))
     }
 
     /// Makes room for `additional` bytes of ciphertext, so encrypting a large write does
