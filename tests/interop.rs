@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use biotls::echo::{EchoEnd, EchoOptions, echo_with};
 use biotls::pki::Pki;
 use biotls::tls::{Tls, TlsAcceptor};
-use biotls::{Async, AsyncSender, Error, Loop, Stream, Tcp, TcpListener};
+use biotls::{Error, Loop, Stream, Tcp};
+use util::echo_server::EchoServer;
 use util::run_until;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -165,83 +165,6 @@ fn run_peer(cmd: &mut Command, input: &[u8], expect: Option<&str>, limit: Durati
         status,
         stdout: text(&out),
         stderr: text(&err),
-    }
-}
-
-/// Our TLS echo server on its own loop thread, on an ephemeral port; stopped (through
-/// an `Async`) and joined on drop.
-struct EchoServer {
-    port: u16,
-    /// How each connection ended: `Ok` or the error's text.
-    ends: Arc<Mutex<Vec<Result<(), String>>>>,
-    stop: AsyncSender,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(acceptor: TlsAcceptor) -> EchoServer {
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let e = Arc::clone(&ends);
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut lp = Loop::new().unwrap();
-            let listener =
-                TcpListener::bind(&mut lp, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-            let port = listener.local_addr(&lp).unwrap().port();
-            listener
-                .listen(&mut lp, move |lp, _, accepted| {
-                    let tcp = accepted.unwrap();
-                    tcp.set_nodelay(lp, true).unwrap();
-                    let tls = Tls::server(lp, tcp, &acceptor).unwrap();
-                    let e = Arc::clone(&e);
-                    echo_with(lp, tls, EchoOptions::default(), move |_, _, end| {
-                        e.lock().unwrap().push(match end {
-                            EchoEnd::Done => Ok(()),
-                            EchoEnd::Failed(err) => Err(err.to_string()),
-                        });
-                    })
-                    .unwrap();
-                })
-                .unwrap();
-            let (_stop, sender) = Async::new(&mut lp, move |lp, stop| {
-                listener.close(lp);
-                stop.close(lp);
-                lp.stop();
-            })
-            .unwrap();
-            tx.send((port, sender)).unwrap();
-            lp.run().unwrap();
-        });
-        let (port, stop) = rx.recv_timeout(LIMIT).expect("echo server did not start");
-        EchoServer {
-            port,
-            ends,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits until `n` connections have ended and returns how.
-    fn ends(&self, n: usize) -> Vec<Result<(), String>> {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let ends = self.ends.lock().unwrap();
-            if ends.len() >= n {
-                return ends.clone();
-            }
-            drop(ends);
-            assert!(Instant::now() < deadline, "server connections did not end");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

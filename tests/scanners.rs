@@ -6,17 +6,15 @@
 //! Needs `sslscan` and `openssl` (Debian packages of the same names). A missing tool
 //! skips its test loudly, unless `CI` is set: then it fails the test.
 
+mod util;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biotls::echo::{EchoEnd, EchoOptions, echo_with};
-use biotls::tls::{Tls, TlsAcceptor, TlsConnector, TlsSession};
-use biotls::{Async, AsyncSender, Loop, TcpListener};
+use biotls::tls::{TlsAcceptor, TlsConnector, TlsSession};
 use openssl::ssl::SslVersion;
+use util::echo_server::EchoServer;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -46,83 +44,6 @@ fn example_acceptor() -> TlsAcceptor {
         format!("{dir}/certs/server.key"),
     )
     .unwrap()
-}
-
-/// The echo server on its own loop thread; stopped and joined on drop.
-struct Server {
-    port: u16,
-    /// How each connection ended: `Ok` or the error's text.
-    ends: Arc<Mutex<Vec<Result<(), String>>>>,
-    stop: AsyncSender,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start() -> Server {
-        let acceptor = example_acceptor();
-        let ends = Arc::new(Mutex::new(Vec::new()));
-        let e = Arc::clone(&ends);
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut lp = Loop::new().unwrap();
-            let listener =
-                TcpListener::bind(&mut lp, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-            let port = listener.local_addr(&lp).unwrap().port();
-            listener
-                .listen(&mut lp, move |lp, _, accepted| {
-                    let Ok(tcp) = accepted else { return };
-                    let tls = Tls::server(lp, tcp, &acceptor).unwrap();
-                    tls.set_handshake_timeout(lp, Some(Duration::from_secs(5)))
-                        .unwrap();
-                    let e = Arc::clone(&e);
-                    echo_with(lp, tls, EchoOptions::default(), move |_, _, end| {
-                        e.lock().unwrap().push(match end {
-                            EchoEnd::Done => Ok(()),
-                            EchoEnd::Failed(err) => Err(err.to_string()),
-                        });
-                    })
-                    .unwrap();
-                })
-                .unwrap();
-            let (_stop, sender) = Async::new(&mut lp, move |lp, stop| {
-                listener.close(lp);
-                stop.close(lp);
-                lp.stop();
-            })
-            .unwrap();
-            tx.send((port, sender)).unwrap();
-            lp.run().unwrap();
-        });
-        let (port, stop) = rx.recv_timeout(LIMIT).expect("server did not start");
-        Server {
-            port,
-            ends,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits until `n` connections have ended and returns how.
-    fn ends(&self, n: usize) -> Vec<Result<(), String>> {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let ends = self.ends.lock().unwrap().clone();
-            if ends.len() >= n {
-                return ends;
-            }
-            assert!(Instant::now() < deadline, "server connections did not end");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.send();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A child process killed and reaped on drop.
@@ -204,7 +125,7 @@ fn sslscan_finds_only_tls12_and_tls13_with_strong_ciphers_and_no_renegotiation()
     if !have("sslscan", "--version") {
         return;
     }
-    let server = Server::start();
+    let server = EchoServer::start_with(example_acceptor(), Some(Duration::from_secs(5)));
     let out = run(
         Command::new("sslscan")
             .args(["--xml=-", "--no-colour"])
@@ -329,7 +250,7 @@ fn assert_old_version_refused(flag: &str) {
     if !have("openssl", "version") {
         return;
     }
-    let server = Server::start();
+    let server = EchoServer::start_with(example_acceptor(), Some(Duration::from_secs(5)));
     let out = run(
         &mut s_client(server.port, &[flag, "-cipher", "DEFAULT@SECLEVEL=0"]),
         &[(b"hello\n", Duration::from_millis(300))],
@@ -358,7 +279,7 @@ fn client_initiated_renegotiation_is_refused() {
     if !have("openssl", "version") {
         return;
     }
-    let server = Server::start();
+    let server = EchoServer::start_with(example_acceptor(), Some(Duration::from_secs(5)));
     // TLS 1.2 (1.3 has no renegotiation): a line, then "R" (s_client renegotiates), then
     // another line that must not be echoed.
     let pause = Duration::from_millis(500);

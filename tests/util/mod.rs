@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod echo_server;
+
 use std::time::{Duration, Instant};
 
 use biotls::{Loop, Timer};
