@@ -21,28 +21,9 @@ use biotls::pki::Pki;
 use biotls::tls::{Tls, TlsAcceptor};
 use biotls::{Error, Loop, Stream, Tcp};
 use util::echo_server::EchoServer;
-use util::run_until;
+use util::{have, run_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// Whether `tool` runs; if not, skips loudly (or panics under `CI`).
-fn have(tool: &str, version_arg: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(version_arg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`{tool}` is required under CI but cannot be run"
-        );
-        eprintln!("SKIPPED: `{tool}` is not installed");
-    }
-    ok
-}
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);

@@ -15,27 +15,9 @@ use std::time::{Duration, Instant};
 use biotls::tls::{TlsAcceptor, TlsConnector, TlsSession};
 use openssl::ssl::SslVersion;
 use util::echo_server::EchoServer;
+use util::have;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Whether `tool` runs; if not, skips loudly (or panics under `CI`).
-fn have(tool: &str, version_arg: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(version_arg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`{tool}` is required under CI but cannot be run"
-        );
-        eprintln!("SKIPPED: `{tool}` is not installed");
-    }
-    ok
-}
 
 fn example_acceptor() -> TlsAcceptor {
     let dir = env!("CARGO_MANIFEST_DIR");

@@ -3,6 +3,7 @@
 
 pub mod echo_server;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use biotls::{Loop, Timer};
@@ -53,4 +54,23 @@ pub fn pattern_byte(seed: u64, pos: u64) -> u8 {
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x as u8
+}
+
+/// Whether `tool` runs; if not, skips loudly (or panics under `CI`).
+pub fn have(tool: &str, version_arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(version_arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`{tool}` is required under CI but cannot be run"
+        );
+        eprintln!("SKIPPED: `{tool}` is not installed");
+    }
+    ok
 }
