@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::event_loop::{Loop, Remote};
-use crate::handle::{RawId, State, handle_fmt};
+use crate::handle::{Ops, RawId, handle_fmt};
 
 type AsyncCb = Box<dyn FnMut(&mut Loop, Async)>;
 
@@ -77,10 +77,14 @@ impl Async {
         cb: impl FnMut(&mut Loop, Async) + 'static,
     ) -> Result<(Async, AsyncSender)> {
         let flag = Arc::new(AtomicBool::new(false));
-        let id = lp.insert(State::Async(Box::new(AsyncState {
-            cb: Some(Box::new(cb)),
-            flag: Arc::clone(&flag),
-        })));
+        static OPS: Ops = Ops::NONE;
+        let id = lp.insert(
+            Box::new(AsyncState {
+                cb: Some(Box::new(cb)),
+                flag: Arc::clone(&flag),
+            }),
+            &OPS,
+        );
         lp.set_active(id, true);
         lp.asyncs.push(id);
         let sender = AsyncSender {
@@ -109,7 +113,7 @@ impl Async {
 /// Runs the callback of every async handle whose flag was set.
 pub(crate) fn dispatch(lp: &mut Loop) {
     for id in lp.asyncs.clone() {
-        let Some(State::Async(a)) = lp.slot_mut(id).map(|s| &mut s.state) else {
+        let Some(a) = lp.state::<AsyncState>(id) else {
             continue;
         };
         if !a.flag.swap(false, Ordering::AcqRel) {
@@ -117,7 +121,7 @@ pub(crate) fn dispatch(lp: &mut Loop) {
         }
         let Some(mut cb) = a.cb.take() else { continue };
         cb(lp, Async(id));
-        if let Some(State::Async(a)) = lp.slot_mut(id).map(|s| &mut s.state) {
+        if let Some(a) = lp.state::<AsyncState>(id) {
             a.cb.get_or_insert(cb);
         }
     }

@@ -1,15 +1,17 @@
-//! The event loop: owns `mio::Poll`, every handle's state, the queue of deferred
-//! completions and the timers.
+//! The event loop: owns `mio::Poll`, the arena of handle states, the queue of deferred
+//! completions, the timers and the results of background jobs.
 //!
 //! It must never call a user callback while it holds a borrow of a handle's state: every
 //! callback is taken out of its slot, called with `&mut Loop`, and put back only if the
-//! handle is still the same generation and the callback was not replaced meanwhile.
+//! handle is still the same generation and the callback was not replaced meanwhile. It
+//! knows no handle kind: events and deferred service reach a handle through its slot's
+//! [`Ops`].
 
 use std::any::Any;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +20,8 @@ use bytes::BytesMut;
 use mio::{Events, Poll, Token, Waker};
 
 use crate::error::{Error, Result};
-use crate::handle::{RawId, Slot, State};
+use crate::handle::{Ops, RawId, Readiness, Slot};
+use crate::timer::{self, Timers};
 
 /// Token of the loop's cross-thread waker; handle tokens never reach it (see `RawId::token`).
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -43,17 +46,19 @@ pub(crate) enum Deferred {
 
 /// The loop side of a `queue_work` job: takes the boxed result.
 type JobDone = Box<dyn FnOnce(&mut Loop, Box<dyn Any + Send>)>;
+/// What a job posts back: its boxed result, or the payload of its panic.
+type JobResult = std::thread::Result<Box<dyn Any + Send>>;
 
 /// Work posted from other threads: async wake-ups and finished background jobs.
 #[derive(Default)]
 pub(crate) struct Inbox {
-    pub(crate) jobs: Vec<(u64, Box<dyn Any + Send>)>,
+    jobs: Vec<(u64, JobResult)>,
 }
 
 /// State shared with other threads: the mio waker and the inbox it announces.
 pub(crate) struct Remote {
     pub(crate) waker: Waker,
-    pub(crate) inbox: Mutex<Inbox>,
+    inbox: Mutex<Inbox>,
 }
 
 impl Remote {
@@ -76,22 +81,31 @@ impl Remote {
 /// - [`run_nowait`](Loop::run_nowait): one iteration that never blocks.
 ///
 /// # Iteration
-/// Each iteration runs due timers, then deferred completions (write, shutdown, connect and
-/// close callbacks), polls for I/O, dispatches the events, serves handles that still had
-/// data left behind, and runs timers and completions once more.
+/// Each iteration runs the due timers, then the deferred completions (write, shutdown,
+/// connect and close callbacks) that were queued before the pass began, polls for I/O
+/// (without blocking if anything is pending), dispatches the events, serves handles that
+/// had data left behind, and runs the timers and completions once more. The loop polls
+/// once in every iteration, so no chain of timers or completions can starve I/O.
+///
+/// # Dropping a loop
+/// Dropping a `Loop` drops every handle's state at once: sockets are closed, and pending
+/// callbacks (read, write, shutdown, connect, close, timer, async, signal, the `done` of
+/// a [`queue_work`](Loop::queue_work) job) are dropped without being called. To have
+/// them called, close the handles and run the loop until [`run`](Loop::run) returns.
 pub struct Loop {
     pub(crate) id: u32,
     poll: Poll,
     events: Events,
-    pub(crate) slots: Vec<Slot>,
+    /// The events of one poll, copied out so handles can be dispatched with `&mut self`.
+    ready: Vec<(Token, Readiness)>,
+    slots: Vec<Slot>,
     free: Vec<u32>,
     deferred: VecDeque<Deferred>,
-    timers: BinaryHeap<Reverse<(Instant, u64, RawId)>>,
-    timer_seq: u64,
+    pub(crate) timers: Timers,
     now: Instant,
-    /// Handles that may have data left behind (read budget spent, or reading restarted):
-    /// edge-triggered readiness brings no new event for them.
-    pub(crate) ready_again: Vec<RawId>,
+    /// Handles to serve on this iteration without an event (data left behind by a read
+    /// budget, a reader started while data waited, a retry).
+    serve_list: Vec<RawId>,
     /// Per-loop read buffer: reads land here and are split off as `Bytes`, so an idle
     /// handle holds no buffer of its own.
     read_buf: BytesMut,
@@ -99,7 +113,7 @@ pub struct Loop {
     pub(crate) plain_buf: BytesMut,
     /// Per-loop ciphertext output buffer lent to the TLS sessions while they encrypt.
     pub(crate) cipher_buf: BytesMut,
-    /// Number of referenced, active handles.
+    /// Number of referenced, active handles plus pending jobs.
     active: usize,
     stopped: bool,
     pub(crate) remote: Arc<Remote>,
@@ -112,10 +126,11 @@ impl fmt::Debug for Loop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loop")
             .field("id", &self.id)
-            .field("handles", &(self.slots.len() - self.free.len()))
+            .field("handles", &self.handle_count())
             .field("active", &self.active)
             .field("deferred", &self.deferred.len())
-            .field("timers", &self.timers.len())
+            .field("timers", &self.timers.stored())
+            .field("jobs", &self.jobs.len())
             .finish()
     }
 }
@@ -140,13 +155,13 @@ impl Loop {
             id: NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed),
             poll,
             events: Events::with_capacity(1024),
+            ready: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
             deferred: VecDeque::new(),
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
+            timers: Timers::default(),
             now: Instant::now(),
-            ready_again: Vec::new(),
+            serve_list: Vec::new(),
             read_buf: BytesMut::new(),
             plain_buf: BytesMut::new(),
             cipher_buf: BytesMut::new(),
@@ -170,6 +185,10 @@ impl Loop {
     /// # Errors
     /// [`Error::Io`] if polling fails (never for an error of a single handle: those go to
     /// that handle's callbacks).
+    ///
+    /// # Panics
+    /// A panic in a callback, or in a [`queue_work`](Loop::queue_work) job, propagates
+    /// out of `run` (a job's panic is resumed where its `done` would have run).
     pub fn run(&mut self) -> Result<bool> {
         self.stopped = false;
         while self.is_alive() && !self.stopped {
@@ -219,7 +238,7 @@ impl Loop {
 
     /// Whether any referenced handle is active or any request is pending.
     pub fn is_alive(&self) -> bool {
-        self.active > 0 || !self.deferred.is_empty() || !self.ready_again.is_empty()
+        self.active > 0 || !self.deferred.is_empty() || !self.serve_list.is_empty()
     }
 
     /// Number of handles that currently exist on this loop (open or closing).
@@ -227,11 +246,18 @@ impl Loop {
         self.slots.len() - self.free.len()
     }
 
-    /// Runs `work` on a new thread and then `done` on this loop with its result, like
+    /// Runs `work` on a worker thread and then `done` on this loop with its result, like
     /// libuv's `uv_queue_work`. The pending job keeps [`run`](Loop::run) alive.
     ///
-    /// Use it for blocking calls that must not stall the loop (name resolution, file
-    /// reads).
+    /// Jobs run on a pool of at most 4 threads shared by every loop of the process,
+    /// started on demand; more jobs wait for a free thread. Use it for blocking calls
+    /// that must not stall the loop (name resolution, file reads), not for long-running
+    /// work, which would hold a thread of the pool.
+    ///
+    /// # Panics
+    /// If `work` panics, the panic is caught on the worker thread and resumed on the loop
+    /// thread where `done` would have run (out of [`run`](Loop::run)); the job no longer
+    /// keeps the loop alive.
     pub fn queue_work<T, W, D>(&mut self, work: W, done: D)
     where
         T: Send + 'static,
@@ -243,7 +269,7 @@ impl Loop {
         self.jobs.insert(
             id,
             Box::new(move |lp, any| {
-                // The job thread boxes exactly a `T`; any other type cannot occur.
+                // The job boxes exactly a `T`; any other type cannot occur.
                 if let Ok(value) = any.downcast::<T>() {
                     done(lp, *value);
                 }
@@ -251,20 +277,39 @@ impl Loop {
         );
         self.active += 1;
         let remote = Arc::clone(&self.remote);
-        std::thread::spawn(move || {
-            let value: Box<dyn Any + Send> = Box::new(work());
+        crate::work::submit(Box::new(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(work))
+                .map(|value| Box::new(value) as Box<dyn Any + Send>);
             if let Ok(mut inbox) = remote.inbox.lock() {
-                inbox.jobs.push((id, value));
+                inbox.jobs.push((id, result));
             }
             // A failed wake-up only means the loop is gone.
             let _ = remote.wake();
-        });
+        }));
     }
 
     // ---- internals used by the handle modules ----
 
     pub(crate) fn registry(&self) -> &mio::Registry {
         self.poll.registry()
+    }
+
+    /// Calls `f` with the poll registry and the state of handle `id` (of type `T`), for
+    /// registering a source the state owns without duplicating the registry's descriptor.
+    pub(crate) fn with_registry<T: 'static, R>(
+        &mut self,
+        id: RawId,
+        f: impl FnOnce(&mio::Registry, &mut T) -> R,
+    ) -> Option<R> {
+        if id.loop_id != self.id {
+            return None;
+        }
+        let slot = self
+            .slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation)?;
+        let state = slot.state.as_mut()?.downcast_mut::<T>()?;
+        Some(f(self.poll.registry(), state))
     }
 
     /// Queues `f` to run on the loop after the current call returns.
@@ -277,18 +322,27 @@ impl Loop {
         self.deferred.push_back(Deferred::Done(cb, result));
     }
 
-    pub(crate) fn insert(&mut self, state: State) -> RawId {
+    /// Asks for `id`'s [`Ops::serve`] on this iteration (or the next, if the loop is past
+    /// that point), without an event.
+    pub(crate) fn serve_soon(&mut self, id: RawId) {
+        self.serve_list.push(id);
+    }
+
+    /// Adds a handle's state to the arena; its events and service go to `ops`.
+    pub(crate) fn insert(&mut self, state: Box<dyn Any>, ops: &'static Ops) -> RawId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot::default());
+                self.slots.push(Slot::free());
                 (self.slots.len() - 1) as u32
             }
         };
         let slot = &mut self.slots[index as usize];
-        slot.state = state;
+        slot.state = Some(state);
+        slot.ops = ops;
         slot.active = false;
         slot.referenced = true;
+        slot.owner = None;
         RawId {
             loop_id: self.id,
             index,
@@ -296,36 +350,53 @@ impl Loop {
         }
     }
 
-    /// Frees a slot: its id becomes stale at once. Returns the state it held.
-    pub(crate) fn remove(&mut self, id: RawId) -> Option<State> {
+    /// Frees a slot: its id becomes stale at once. Returns the state it held. If another
+    /// handle owned it, that handle's [`Ops::owned_closed`] runs before this returns.
+    pub(crate) fn remove(&mut self, id: RawId) -> Option<Box<dyn Any>> {
         let slot = self.slot_mut(id)?;
-        if slot.active && slot.referenced {
-            self.active -= 1;
-        }
-        let slot = self.slot_mut(id)?;
+        let counted = slot.active && slot.referenced;
         slot.active = false;
         slot.generation = slot.generation.wrapping_add(1);
-        let state = std::mem::take(&mut slot.state);
+        let owner = slot.owner.take();
+        let state = slot.state.take();
+        if counted {
+            self.active -= 1;
+        }
         self.free.push(id.index);
-        Some(state)
+        if let Some(owner) = owner
+            && let Some(ops) = self.slot(owner).map(|s| s.ops)
+        {
+            (ops.owned_closed)(self, owner, id);
+        }
+        state
     }
 
-    pub(crate) fn slot(&self, id: RawId) -> Option<&Slot> {
+    fn slot(&self, id: RawId) -> Option<&Slot> {
         if id.loop_id != self.id {
             return None;
         }
         self.slots
             .get(id.index as usize)
-            .filter(|s| s.generation == id.generation && !matches!(s.state, State::Free))
+            .filter(|s| s.generation == id.generation && s.state.is_some())
     }
 
-    pub(crate) fn slot_mut(&mut self, id: RawId) -> Option<&mut Slot> {
+    fn slot_mut(&mut self, id: RawId) -> Option<&mut Slot> {
         if id.loop_id != self.id {
             return None;
         }
         self.slots
             .get_mut(id.index as usize)
-            .filter(|s| s.generation == id.generation && !matches!(s.state, State::Free))
+            .filter(|s| s.generation == id.generation && s.state.is_some())
+    }
+
+    /// The state of handle `id` if it is open and of type `T`.
+    pub(crate) fn state<T: 'static>(&mut self, id: RawId) -> Option<&mut T> {
+        self.slot_mut(id)?.state.as_mut()?.downcast_mut::<T>()
+    }
+
+    /// The state of handle `id` if it is open and of type `T`.
+    pub(crate) fn state_ref<T: 'static>(&self, id: RawId) -> Option<&T> {
+        self.slot(id)?.state.as_ref()?.downcast_ref::<T>()
     }
 
     /// Records whether a handle is active (keeps `run` alive while referenced).
@@ -337,8 +408,7 @@ impl Loop {
             return;
         }
         slot.active = active;
-        let counts = slot.referenced;
-        if counts {
+        if slot.referenced {
             if active {
                 self.active += 1;
             } else {
@@ -380,29 +450,6 @@ impl Loop {
         self.read_buf = buf;
     }
 
-    pub(crate) fn add_timer(&mut self, deadline: Instant, id: RawId) -> u64 {
-        self.timer_seq += 1;
-        let seq = self.timer_seq;
-        self.timers.push(Reverse((deadline, seq, id)));
-        seq
-    }
-
-    fn next_timeout(&self) -> Option<Duration> {
-        self.timers
-            .peek()
-            .map(|Reverse((deadline, _, _))| deadline.saturating_duration_since(self.now))
-    }
-
-    fn run_timers(&mut self) {
-        while let Some(Reverse((deadline, seq, id))) = self.timers.peek().copied() {
-            if deadline > self.now {
-                break;
-            }
-            self.timers.pop();
-            crate::timer::fire(self, id, seq);
-        }
-    }
-
     fn run_deferred(&mut self) {
         // Only what was queued before this point: completions that queue more
         // completions run on the next iteration, so none can starve I/O.
@@ -417,58 +464,121 @@ impl Loop {
 
     fn iterate(&mut self, wait: Wait) -> Result<()> {
         self.update_time();
-        self.run_timers();
+        timer::run_pass(self);
         self.run_deferred();
 
         let timeout = if wait == Wait::NoWait
             || self.stopped
             || !self.deferred.is_empty()
-            || !self.ready_again.is_empty()
+            || !self.serve_list.is_empty()
             || !self.is_alive()
         {
             Some(Duration::ZERO)
         } else {
-            self.next_timeout()
+            self.timers.next_timeout(self.now)
         };
-        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        match self.poll.poll(&mut events, timeout) {
+        match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                self.events = events;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
         self.update_time();
-        for event in events.iter() {
-            if event.token() == WAKER_TOKEN {
+        self.timers.release_held();
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(self.events.iter().map(|e| (e.token(), Readiness::of(e))));
+        for &(token, readiness) in &ready {
+            if token == WAKER_TOKEN {
                 self.drain_remote();
-            } else if let Some(id) = RawId::from_token(self.id, event.token()) {
-                crate::handle::dispatch(self, id, event);
+            } else {
+                self.dispatch(token, readiness);
             }
         }
-        self.events = events;
+        ready.clear();
+        self.ready = ready;
 
-        let again = std::mem::take(&mut self.ready_again);
-        for id in again {
-            crate::handle::serve_again(self, id);
+        let serve = std::mem::take(&mut self.serve_list);
+        for id in serve {
+            if let Some(ops) = self.slot(id).map(|s| s.ops) {
+                (ops.serve)(self, id);
+            }
         }
-        self.run_timers();
+        timer::run_pass(self);
         self.run_deferred();
         Ok(())
     }
 
+    /// Routes one readiness event to the handle its token names.
+    fn dispatch(&mut self, token: Token, readiness: Readiness) {
+        let (index, generation) = RawId::parse_token(token);
+        let Some(slot) = self.slots.get(index as usize) else {
+            return;
+        };
+        if slot.state.is_none() || slot.generation & 0x7fff_ffff != generation {
+            return; // the socket behind this event was closed in this iteration
+        }
+        let id = RawId {
+            loop_id: self.id,
+            index,
+            generation: slot.generation,
+        };
+        (slot.ops.ready)(self, id, readiness);
+    }
+
     fn drain_remote(&mut self) {
-        let jobs = match self.remote.inbox.lock() {
+        let mut jobs = match self.remote.inbox.lock() {
             Ok(mut inbox) => std::mem::take(&mut inbox.jobs),
             Err(_) => Vec::new(),
-        };
-        for (id, value) in jobs {
-            if let Some(done) = self.jobs.remove(&id) {
-                self.active -= 1;
-                done(self, value);
+        }
+        .into_iter();
+        while let Some((id, result)) = jobs.next() {
+            let Some(done) = self.jobs.remove(&id) else {
+                continue;
+            };
+            self.active -= 1;
+            match result {
+                Ok(value) => done(self, value),
+                Err(panic) => {
+                    // Results behind this one wait for the next iteration.
+                    let rest: Vec<_> = jobs.collect();
+                    if !rest.is_empty() {
+                        if let Ok(mut inbox) = self.remote.inbox.lock() {
+                            inbox.jobs.extend(rest);
+                        }
+                        let _ = self.remote.wake();
+                    }
+                    std::panic::resume_unwind(panic);
+                }
             }
         }
         crate::async_handle::dispatch(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    #[test]
+    fn queue_work_uses_a_bounded_pool() {
+        let mut lp = Loop::new().unwrap();
+        let done = Rc::new(Cell::new(0));
+        for i in 0..64u64 {
+            let done = Rc::clone(&done);
+            lp.queue_work(
+                move || {
+                    std::thread::sleep(Duration::from_millis(1));
+                    i
+                },
+                move |_, v| {
+                    assert!(v < 64);
+                    done.set(done.get() + 1);
+                },
+            );
+        }
+        lp.run().unwrap();
+        assert_eq!(done.get(), 64);
+        assert!(crate::work::workers() <= crate::work::THREADS);
     }
 }

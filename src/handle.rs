@@ -1,8 +1,14 @@
-//! Handle ids and the loop's arena of handle states.
+//! Handle ids and the loop's arena of handle states, with per-slot dispatch.
 //!
 //! A handle is a `Copy` id: the loop it belongs to, an arena index and a generation. A
 //! slot's generation changes when its handle is closed, so a stale id never reaches the
 //! state of a handle that reused the slot, and an id from another loop never matches.
+//!
+//! The arena knows no handle kind. Each slot holds its kind's state as `dyn Any` and a
+//! table of functions ([`Ops`]) through which the loop delivers readiness events,
+//! deferred service and the close of an owned handle, so a new kind of handle (a `Tls`
+//! over any stream, an in-memory stream) plugs in without the loop naming it. A kind's
+//! module reaches its own state with [`Loop::state`](crate::Loop), which checks the type.
 
 use std::any::Any;
 use std::fmt;
@@ -28,18 +34,10 @@ impl RawId {
         Token(((self.generation as usize & 0x7fff_ffff) << 32) | self.index as usize)
     }
 
-    pub(crate) fn from_token(loop_id: u32, token: Token) -> Option<RawId> {
+    /// The index and (31-bit) generation a token carries.
+    pub(crate) fn parse_token(token: Token) -> (u32, u32) {
         let t = token.0;
-        Some(RawId {
-            loop_id,
-            index: (t & 0xffff_ffff) as u32,
-            generation: ((t >> 32) & 0x7fff_ffff) as u32,
-        })
-    }
-
-    /// Compares ids ignoring the generation bit the token cannot carry.
-    pub(crate) fn matches_token_gen(self, generation: u32) -> bool {
-        self.generation & 0x7fff_ffff == generation & 0x7fff_ffff
+        ((t & 0xffff_ffff) as u32, ((t >> 32) & 0x7fff_ffff) as u32)
     }
 }
 
@@ -55,55 +53,75 @@ impl fmt::Display for RawId {
     }
 }
 
+/// What one readiness event reported for a handle's token (copied out of mio's event
+/// list, so the loop can dispatch without borrowing it).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Readiness {
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// The peer closed its side (`EPOLLRDHUP`/`EPOLLHUP`).
+    pub(crate) read_closed: bool,
+    pub(crate) error: bool,
+}
+
+impl Readiness {
+    pub(crate) fn of(event: &Event) -> Readiness {
+        Readiness {
+            readable: event.is_readable(),
+            writable: event.is_writable(),
+            read_closed: event.is_read_closed(),
+            error: event.is_error(),
+        }
+    }
+}
+
+/// What the loop can ask of a handle without knowing its kind.
+///
+/// None of these functions may run a user callback directly when called from inside a
+/// user's call (`owned_closed` runs inside the `close` of the owned handle): they record
+/// what happened and defer the callbacks.
+pub(crate) struct Ops {
+    /// A readiness event for the handle's token.
+    pub(crate) ready: fn(&mut Loop, RawId, Readiness),
+    /// Service requested with [`Loop::serve_soon`] (data left behind by a read budget,
+    /// a reader that started while data waited, a retry).
+    pub(crate) serve: fn(&mut Loop, RawId),
+    /// A handle this one owns (see [`Loop::set_owner`]) was closed by someone else.
+    pub(crate) owned_closed: fn(&mut Loop, RawId, RawId),
+}
+
+impl Ops {
+    /// For handles with no events, no deferred service and nothing owned.
+    pub(crate) const NONE: Ops = Ops {
+        ready: |_, _, _| {},
+        serve: |_, _| {},
+        owned_closed: |_, _, _| {},
+    };
+}
+
 /// One arena slot.
-#[derive(Default)]
 pub(crate) struct Slot {
     pub(crate) generation: u32,
+    /// The handle has work in progress (keeps `run` alive while referenced).
     pub(crate) active: bool,
     pub(crate) referenced: bool,
-    pub(crate) state: State,
+    /// The handle that owns this one (a `Tls` owns its inner stream).
+    pub(crate) owner: Option<RawId>,
+    pub(crate) ops: &'static Ops,
+    /// `None` while the slot is free.
+    pub(crate) state: Option<Box<dyn Any>>,
 }
 
-/// What a slot holds.
-#[derive(Default)]
-pub(crate) enum State {
-    #[default]
-    Free,
-    Tcp(Box<crate::tcp::TcpState>),
-    Listener(Box<crate::tcp::ListenerState>),
-    Timer(Box<crate::timer::TimerState>),
-    Async(Box<crate::async_handle::AsyncState>),
-    Signal(Box<crate::signal::SignalState>),
-    /// Handles defined over a generic inner stream (`Tls<S>`), downcast on access.
-    Any(Box<dyn Any>),
-}
-
-/// Routes one readiness event to the handle it belongs to.
-pub(crate) fn dispatch(lp: &mut Loop, token_id: RawId, event: &Event) {
-    let Some(slot) = lp.slots.get(token_id.index as usize) else {
-        return;
-    };
-    if !token_id.matches_token_gen(slot.generation) {
-        return; // the socket behind this event was closed in this iteration
-    }
-    let id = RawId {
-        generation: slot.generation,
-        ..token_id
-    };
-    match slot.state {
-        State::Tcp(_) => crate::tcp::on_event(lp, id, event),
-        State::Listener(_) => crate::tcp::on_listener_event(lp, id),
-        State::Signal(_) => crate::signal::on_event(lp, id),
-        State::Free | State::Timer(_) | State::Async(_) | State::Any(_) => {}
-    }
-}
-
-/// Serves a handle that was put on the `ready_again` list.
-pub(crate) fn serve_again(lp: &mut Loop, id: RawId) {
-    match lp.slot(id).map(|s| &s.state) {
-        Some(State::Tcp(_)) => crate::tcp::read_some(lp, id),
-        Some(State::Listener(_)) => crate::tcp::on_listener_event(lp, id),
-        _ => {}
+impl Slot {
+    pub(crate) fn free() -> Slot {
+        Slot {
+            generation: 0,
+            active: false,
+            referenced: true,
+            owner: None,
+            ops: &Ops::NONE,
+            state: None,
+        }
     }
 }
 

@@ -88,15 +88,18 @@ pub mod echo;
 mod error;
 mod event_loop;
 mod handle;
+mod listener;
 mod pipe;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod signal;
 mod socket;
 mod stream;
+mod stream_socket;
 mod tcp;
 mod timer;
 pub mod tls;
+mod work;
 
 pub use async_handle::{Async, AsyncSender};
 pub use error::{Error, Result};

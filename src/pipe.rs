@@ -1,23 +1,23 @@
 //! Unix-domain stream handles: `PipeListener` (bind, listen, accept) and `Pipe` (a
 //! connected stream), like libuv's `uv_pipe_t`.
 //!
-//! A `Pipe` is the same handle as a [`Tcp`] over another kind of socket: it shares
-//! Tcp's state, queue, flush, read, shutdown and close logic (`tcp.rs`), so the two
-//! behave the same in every respect the `Stream` trait describes. Only creating and
-//! addressing the socket differ, and live here.
+//! A `Pipe` is the same handle as a [`Tcp`](crate::Tcp) over another kind of socket: the
+//! two share the stream-socket core (`stream_socket`) and the listener core
+//! (`listener`), so they behave the same in every respect the `Stream` trait describes.
+//! Only creating and addressing the socket differ, and live here.
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
-use crate::handle::{RawId, State, handle_fmt};
+use crate::handle::{RawId, handle_fmt};
+use crate::listener;
 use crate::socket::{ListenSock, StreamSock};
-use crate::stream::{ReadResult, Stream};
-use crate::tcp::{self, Tcp, TcpListener};
+use crate::stream::Stream;
+use crate::stream_socket::{self, impl_socket_stream};
 
-/// A Unix-domain stream handle. Implements [`Stream`] with the semantics of [`Tcp`].
+/// A Unix-domain stream handle. Implements [`Stream`] with the semantics of
+/// [`Tcp`](crate::Tcp).
 ///
 /// Created by [`PipeListener::listen`] (accepted connections), [`Pipe::connect`],
 /// [`Pipe::pair`] or [`Pipe::from_std`].
@@ -40,6 +40,7 @@ use crate::tcp::{self, Tcp, TcpListener};
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pipe(pub(crate) RawId);
 handle_fmt!(Pipe, "pipe");
+impl_socket_stream!(Pipe);
 
 /// A listening Unix-domain socket handle.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,13 +48,10 @@ pub struct PipeListener(pub(crate) RawId);
 handle_fmt!(PipeListener, "pipe-listener");
 
 impl Pipe {
-    fn inner(self) -> Tcp {
-        Tcp(self.0)
-    }
-
     /// Starts connecting to the socket at `path`; `cb` runs from the loop with the
-    /// result (a missing path or a refused connection is reported there). Writes made
-    /// before the connection is established are queued.
+    /// result (a missing path or a refused connection is reported there), with the
+    /// failure order of [`Tcp::connect`](crate::Tcp::connect). Writes made before the
+    /// connection is established are queued.
     ///
     /// # Errors
     /// None at the call today; the `Result` leaves room for resource errors.
@@ -63,8 +61,9 @@ impl Pipe {
         cb: impl FnOnce(&mut Loop, Pipe, Result<()>) + 'static,
     ) -> Result<Pipe> {
         let started = mio::net::UnixStream::connect(path.as_ref()).map(StreamSock::Unix);
-        let id =
-            tcp::connect_started(lp, started, |id| Box::new(move |lp, r| cb(lp, Pipe(id), r)))?;
+        let id = stream_socket::connect_started(lp, started, |id| {
+            Box::new(move |lp, r| cb(lp, Pipe(id), r))
+        });
         Ok(Pipe(id))
     }
 
@@ -75,7 +74,7 @@ impl Pipe {
     pub fn from_std(lp: &mut Loop, stream: std::os::unix::net::UnixStream) -> Result<Pipe> {
         stream.set_nonblocking(true)?;
         let sock = StreamSock::Unix(mio::net::UnixStream::from_std(stream));
-        Ok(Pipe(Tcp::register(lp, sock)?.0))
+        Ok(Pipe(stream_socket::register(lp, sock)?))
     }
 
     /// Two connected pipes (`socketpair`), both on this loop.
@@ -84,69 +83,23 @@ impl Pipe {
     /// [`Error::Io`] if the sockets cannot be created or registered.
     pub fn pair(lp: &mut Loop) -> Result<(Pipe, Pipe)> {
         let (a, b) = mio::net::UnixStream::pair()?;
-        let a = Tcp::register(lp, StreamSock::Unix(a))?;
-        let b = match Tcp::register(lp, StreamSock::Unix(b)) {
-            Ok(b) => b,
+        let a = Pipe(stream_socket::register(lp, StreamSock::Unix(a))?);
+        let b = match stream_socket::register(lp, StreamSock::Unix(b)) {
+            Ok(b) => Pipe(b),
             Err(e) => {
                 a.close(lp, |_, _| {});
                 return Err(e);
             }
         };
-        Ok((Pipe(a.0), Pipe(b.0)))
-    }
-}
-
-impl Stream for Pipe {
-    fn start_read<F>(self, lp: &mut Loop, mut cb: F) -> Result<()>
-    where
-        F: FnMut(&mut Loop, Self, ReadResult) + 'static,
-    {
-        self.inner()
-            .start_read(lp, move |lp, t, r| cb(lp, Pipe(t.0), r))
+        Ok((a, b))
     }
 
-    fn stop_read(self, lp: &mut Loop) -> Result<()> {
-        self.inner().stop_read(lp)
-    }
-
-    fn write_vectored<F>(
-        self,
-        lp: &mut Loop,
-        bufs: impl IntoIterator<Item = Bytes>,
-        cb: F,
-    ) -> Result<()>
-    where
-        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
-    {
-        self.inner()
-            .write_vectored(lp, bufs, move |lp, t, r| cb(lp, Pipe(t.0), r))
-    }
-
-    fn try_write(self, lp: &mut Loop, data: &[u8]) -> Result<usize> {
-        self.inner().try_write(lp, data)
-    }
-
-    fn shutdown<F>(self, lp: &mut Loop, cb: F) -> Result<()>
-    where
-        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
-    {
-        self.inner()
-            .shutdown(lp, move |lp, t, r| cb(lp, Pipe(t.0), r))
-    }
-
-    fn close<F>(self, lp: &mut Loop, cb: F)
-    where
-        F: FnOnce(&mut Loop, Self) + 'static,
-    {
-        self.inner().close(lp, move |lp, t| cb(lp, Pipe(t.0)));
-    }
-
-    fn write_queue_size(self, lp: &Loop) -> usize {
-        self.inner().write_queue_size(lp)
-    }
-
-    fn is_open(self, lp: &Loop) -> bool {
-        self.inner().is_open(lp)
+    /// The handle no longer keeps [`Loop::run`] alive.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn unref(self, lp: &mut Loop) -> Result<()> {
+        lp.set_referenced(self.0, false)
     }
 }
 
@@ -158,9 +111,7 @@ impl PipeListener {
     /// [`Error::Io`]: the path exists, permission denied, ...
     pub fn bind(lp: &mut Loop, path: impl AsRef<Path>) -> Result<PipeListener> {
         let sock = mio::net::UnixListener::bind(path.as_ref())?;
-        Ok(PipeListener(
-            TcpListener::insert(lp, ListenSock::Unix(sock)).0,
-        ))
+        Ok(PipeListener(listener::insert(lp, ListenSock::Unix(sock))))
     }
 
     /// The path the listener is bound to.
@@ -168,10 +119,7 @@ impl PipeListener {
     /// # Errors
     /// [`Error::Closed`], or the OS error.
     pub fn local_path(self, lp: &Loop) -> Result<PathBuf> {
-        let Some(State::Listener(l)) = lp.slot(self.0).map(|s| &s.state) else {
-            return Err(Error::Closed);
-        };
-        let unix = l
+        let unix = listener::state_ref(lp, self.0)?
             .sock
             .as_unix()
             .ok_or(Error::InvalidState("not a Unix-domain listener"))?;
@@ -192,14 +140,16 @@ impl PipeListener {
         lp: &mut Loop,
         mut cb: impl FnMut(&mut Loop, PipeListener, Result<Pipe>) + 'static,
     ) -> Result<()> {
-        TcpListener(self.0).listen(lp, move |lp, l, accepted| {
-            cb(lp, PipeListener(l.0), accepted.map(|t| Pipe(t.0)));
-        })
+        listener::listen(
+            lp,
+            self.0,
+            Box::new(move |lp, accepted| cb(lp, self, accepted.map(Pipe))),
+        )
     }
 
     /// Stops listening and releases the socket at once. Does nothing on a closed listener.
     pub fn close(self, lp: &mut Loop) {
-        TcpListener(self.0).close(lp);
+        listener::close(lp, self.0);
     }
 
     /// The listener no longer keeps [`Loop::run`] alive.
@@ -207,6 +157,6 @@ impl PipeListener {
     /// # Errors
     /// [`Error::Closed`].
     pub fn unref(self, lp: &mut Loop) -> Result<()> {
-        TcpListener(self.0).unref(lp)
+        lp.set_referenced(self.0, false)
     }
 }

@@ -7,7 +7,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
-use crate::handle::{RawId, State, handle_fmt};
+use crate::handle::{Ops, RawId, Readiness, handle_fmt};
 
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
@@ -40,10 +40,7 @@ pub(crate) struct SignalState {
 }
 
 fn state(lp: &mut Loop, id: RawId) -> Result<&mut SignalState> {
-    match lp.slot_mut(id).map(|s| &mut s.state) {
-        Some(State::Signal(s)) => Ok(s),
-        _ => Err(Error::Closed),
-    }
+    lp.state::<SignalState>(id).ok_or(Error::Closed)
 }
 
 impl Signal {
@@ -52,11 +49,18 @@ impl Signal {
     /// # Errors
     /// None today; the `Result` is for symmetry with the other handles.
     pub fn new(lp: &mut Loop) -> Result<Signal> {
-        let id = lp.insert(State::Signal(Box::new(SignalState {
-            signals: None,
-            cb: None,
-            epoch: 0,
-        })));
+        static OPS: Ops = Ops {
+            ready: on_event,
+            ..Ops::NONE
+        };
+        let id = lp.insert(
+            Box::new(SignalState {
+                signals: None,
+                cb: None,
+                epoch: 0,
+            }),
+            &OPS,
+        );
         Ok(Signal(id))
     }
 
@@ -76,11 +80,11 @@ impl Signal {
         let mut signals = Signals::new(signums.iter().copied())?;
         lp.registry()
             .register(&mut signals, self.0.token(), Interest::READABLE)?;
-        let registry = lp.registry().try_clone()?;
-        let s = state(lp, self.0)?;
-        if let Some(mut old) = s.signals.replace(signals) {
-            let _ = registry.deregister(&mut old);
+        let old = state(lp, self.0)?.signals.replace(signals);
+        if let Some(mut old) = old {
+            let _ = lp.registry().deregister(&mut old);
         }
+        let s = state(lp, self.0)?;
         s.cb = Some(Box::new(cb));
         s.epoch += 1;
         lp.set_active(self.0, true);
@@ -92,20 +96,21 @@ impl Signal {
     /// # Errors
     /// [`Error::Closed`].
     pub fn stop(self, lp: &mut Loop) -> Result<()> {
-        let registry = lp.registry().try_clone()?;
         let s = state(lp, self.0)?;
-        if let Some(mut old) = s.signals.take() {
-            let _ = registry.deregister(&mut old);
-        }
+        let old = s.signals.take();
         s.cb = None;
         s.epoch += 1;
+        if let Some(mut old) = old {
+            let _ = lp.registry().deregister(&mut old);
+        }
         lp.set_active(self.0, false);
         Ok(())
     }
 
     /// Closes the handle. Does nothing on a closed handle.
     pub fn close(self, lp: &mut Loop) {
-        if let Some(State::Signal(mut s)) = lp.remove(self.0)
+        if let Some(any) = lp.remove(self.0)
+            && let Ok(mut s) = any.downcast::<SignalState>()
             && let Some(mut signals) = s.signals.take()
         {
             let _ = lp.registry().deregister(&mut signals);
@@ -121,7 +126,7 @@ impl Signal {
     }
 }
 
-pub(crate) fn on_event(lp: &mut Loop, id: RawId) {
+fn on_event(lp: &mut Loop, id: RawId, _: Readiness) {
     let Ok(s) = state(lp, id) else { return };
     let Some(signals) = s.signals.as_mut() else {
         return;

@@ -25,7 +25,7 @@ use super::session::{ReadOutcome, SessionInfo, TlsSession};
 use super::stats::TlsStats;
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
-use crate::handle::{RawId, State};
+use crate::handle::{Ops, RawId};
 use crate::stream::{ReadResult, Stream};
 use crate::tcp::Tcp;
 use crate::timer::Timer;
@@ -173,19 +173,18 @@ fn st<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
 
 /// The state of an open or closing handle.
 fn st_any<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
-    match lp.slot_mut(id).map(|s| &mut s.state) {
-        Some(State::Any(any)) => any.downcast_mut::<TlsState<S>>(),
-        _ => None,
-    }
+    lp.state::<TlsState<S>>(id)
 }
 
 fn st_ref<S: Stream>(lp: &Loop, id: RawId) -> Option<&TlsState<S>> {
-    match lp.slot(id).map(|s| &s.state) {
-        Some(State::Any(any)) => any
-            .downcast_ref::<TlsState<S>>()
-            .filter(|t| t.closing.is_none()),
-        _ => None,
-    }
+    lp.state_ref::<TlsState<S>>(id)
+        .filter(|t| t.closing.is_none())
+}
+
+impl<S: Stream> TlsState<S> {
+    /// A `Tls` gets no readiness events and asks for no service: its inner stream's
+    /// callbacks and deferred pumps drive it.
+    const OPS: &'static Ops = &Ops::NONE;
 }
 
 impl<S: Stream> Tls<S> {
@@ -254,7 +253,7 @@ impl<S: Stream> Tls<S> {
             cipher_received: 0,
             plain_delivered: 0,
         };
-        let id = lp.insert(State::Any(Box::new(state)));
+        let id = lp.insert(Box::new(state), TlsState::<S>::OPS);
         let tls = Tls(id, PhantomData);
         tls.set_handshake_timeout(lp, Some(DEFAULT_HANDSHAKE_TIMEOUT))?;
         // Start the handshake from the loop: a client's ClientHello goes out, a server
@@ -788,7 +787,7 @@ fn flush_ciphertext<S: Stream>(lp: &mut Loop, id: RawId) {
 /// After the inner stream closed (its write callbacks have all run): the writes still
 /// waiting are cancelled, then the close callback runs and the slot is freed.
 fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
-    let Some(State::Any(any)) = lp.remove(id) else {
+    let Some(any) = lp.remove(id) else {
         return;
     };
     let Ok(mut t) = any.downcast::<TlsState<S>>() else {

@@ -2,8 +2,9 @@
 //! configured time fails the handle with [`Error::TimedOut`]`("idle")`.
 //!
 //! Activity is recorded as the loop's cached time (no timer restart per byte); one
-//! unref'd timer per handle, armed only while a timeout is set, checks at the deadline
-//! and re-arms itself for the remainder when there was activity meanwhile.
+//! unref'd timer per handle, created when a timeout is first set and restarted (never
+//! re-created) for the remainder when there was activity meanwhile, checks at the
+//! deadline.
 
 use std::time::{Duration, Instant};
 
@@ -54,38 +55,43 @@ impl<S: Stream> Tls<S> {
     pub fn set_idle_timeout(self, lp: &mut Loop, timeout: Option<Duration>) -> Result<()> {
         let now = lp.now();
         let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        let old = t.idle.timer.take();
         t.idle.timeout = timeout;
         t.idle.last = Some(now);
-        if let Some(old) = old {
-            old.close(lp);
-        }
-        if let Some(timeout) = timeout {
-            arm::<S>(lp, self.0, timeout)?;
+        let timer = t.idle.timer;
+        match (timeout, timer) {
+            (Some(timeout), _) => arm::<S>(lp, self.0, timeout)?,
+            (None, Some(timer)) => timer.stop(lp)?,
+            (None, None) => {}
         }
         Ok(())
     }
 }
 
+/// Starts the handle's idle timer (created on first use) to check after `after`.
 fn arm<S: Stream>(lp: &mut Loop, id: RawId, after: Duration) -> Result<()> {
-    let timer = Timer::new(lp)?;
-    timer.unref(lp)?;
-    timer.start(lp, after, None, move |lp, timer| {
-        timer.close(lp);
-        check::<S>(lp, id);
-    })?;
-    match st::<S>(lp, id) {
-        Some(t) => t.idle.timer = Some(timer),
-        None => timer.close(lp),
-    }
-    Ok(())
+    let existing = st::<S>(lp, id).and_then(|t| t.idle.timer);
+    let timer = match existing {
+        Some(timer) => timer,
+        None => {
+            let timer = Timer::new(lp)?;
+            timer.unref(lp)?;
+            match st::<S>(lp, id) {
+                Some(t) => t.idle.timer = Some(timer),
+                None => {
+                    timer.close(lp);
+                    return Err(Error::Closed);
+                }
+            }
+            timer
+        }
+    };
+    timer.start(lp, after, None, move |lp, _| check::<S>(lp, id))
 }
 
 /// The timer came due: fail the handle, or re-arm for what is left of the timeout.
 fn check<S: Stream>(lp: &mut Loop, id: RawId) {
     let now = lp.now();
     let Some(t) = st::<S>(lp, id) else { return };
-    t.idle.timer = None;
     let (Some(timeout), None) = (t.idle.timeout, &t.failed) else {
         return;
     };

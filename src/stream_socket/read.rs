@@ -1,0 +1,140 @@
+//! The read side of a stream socket: the read loop and the delivery of the ending.
+//!
+//! Readiness is edge-triggered (mio): a readable socket is read until `WouldBlock`, a
+//! short read (the kernel had less than the buffer's room, and the peer has not closed),
+//! or the per-event budget is spent. A short read drains the socket as surely as
+//! `WouldBlock` does (data that arrives later raises a new edge) and saves one `read`
+//! per event. When the budget is spent, and when reading restarts after `stop_read`, no
+//! new edge will come for data already waiting, so the handle asks the loop to serve it
+//! again on this iteration.
+//!
+//! Once the stream has ended (end of stream or an error), the ending is kept: a reader
+//! started later hears the same ending, once, from the loop.
+
+use std::io::{self, Read};
+
+use super::{ReadEnd, ReadSide, StreamState, state, update_active};
+use crate::error::Error;
+use crate::event_loop::Loop;
+use crate::handle::RawId;
+use crate::stream::ReadResult;
+
+/// Bytes read from one socket per event before other handles get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// Serves a handle without an event: a reader waiting to hear the ending, or a reader
+/// whose socket may hold data whose edge is gone.
+pub(super) fn serve(lp: &mut Loop, id: RawId) {
+    let Ok(t) = state(lp, id) else { return };
+    let connected = t.connected();
+    match &mut t.read {
+        ReadSide::Ended { end, reader } => {
+            let Some(mut cb) = reader.take() else { return };
+            let result = ending(end);
+            update_active(lp, id);
+            cb(lp, result);
+        }
+        ReadSide::Reading(_) if connected => read_loop(lp, id, false),
+        ReadSide::Reading(_) | ReadSide::Stopped => {}
+    }
+}
+
+/// What a reader hears for `end`.
+fn ending(end: &ReadEnd) -> ReadResult {
+    match end {
+        Ok(()) => Ok(None),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Ends the read side with `end` and tells the current reader (from the loop), if any.
+pub(super) fn end_reading(lp: &mut Loop, id: RawId, end: ReadEnd) {
+    let Ok(t) = state(lp, id) else { return };
+    let result = ending(&end);
+    let previous = std::mem::replace(&mut t.read, ReadSide::Ended { end, reader: None });
+    t.read_epoch += 1;
+    update_active(lp, id);
+    if let ReadSide::Reading(Some(mut cb)) = previous {
+        cb(lp, result);
+    }
+}
+
+/// Reads and delivers data until `WouldBlock`, a short read (when `short_read_drains`),
+/// the end of stream, an error, `stop_read`, or the budget.
+pub(super) fn read_loop(lp: &mut Loop, id: RawId, short_read_drains: bool) {
+    let mut budget = READ_BUDGET;
+    loop {
+        match state(lp, id) {
+            Ok(t) if matches!(t.read, ReadSide::Reading(Some(_))) && t.connected() => {}
+            _ => return,
+        }
+        let mut buf = lp.take_read_buf();
+        let room = buf.len();
+        let res = match state(lp, id).map(|t| t.sock.as_mut()) {
+            Ok(Some(sock)) => sock.read(&mut buf[..]),
+            _ => Ok(0), // unreachable: checked above, nothing ran in between
+        };
+        let data = match res {
+            Ok(0) => {
+                lp.put_read_buf(buf);
+                let end = match state(lp, id).ok().and_then(|t| lost_connection(t)) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                end_reading(lp, id, end);
+                return;
+            }
+            Ok(n) => buf.split_to(n).freeze(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                lp.put_read_buf(buf);
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                lp.put_read_buf(buf);
+                continue;
+            }
+            Err(e) => {
+                lp.put_read_buf(buf);
+                end_reading(lp, id, Err(Error::from(e)));
+                return;
+            }
+        };
+        lp.put_read_buf(buf);
+        let n = data.len();
+        let Ok(t) = state(lp, id) else { return };
+        let epoch = t.read_epoch;
+        let ReadSide::Reading(slot) = &mut t.read else {
+            return;
+        };
+        let Some(mut cb) = slot.take() else { return };
+        cb(lp, Ok(Some(data)));
+        match state(lp, id) {
+            Ok(t) if t.read_epoch == epoch => {
+                if let ReadSide::Reading(slot @ None) = &mut t.read {
+                    *slot = Some(cb);
+                }
+            }
+            _ => {}
+        }
+        if n < room && short_read_drains {
+            return; // the socket is drained; new data brings a new edge
+        }
+        budget = budget.saturating_sub(n);
+        if budget == 0 {
+            lp.serve_soon(id);
+            return;
+        }
+    }
+}
+
+/// The error a read reports instead of end of stream. The kernel reports a connection's
+/// error (a reset, a timeout) once, to whichever call comes first, and reads return 0
+/// after it: when a write got it (a flush on the error event, or a write from a read
+/// callback), the reader must still see the reset, not a clean EOF. `EPIPE` is not such
+/// an error: it only means the error was reported already.
+fn lost_connection(t: &StreamState) -> Option<Error> {
+    t.out
+        .error
+        .clone()
+        .filter(|e| e.io_kind().is_some_and(|k| k != io::ErrorKind::BrokenPipe))
+}
