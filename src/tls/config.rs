@@ -19,8 +19,8 @@ use openssl::ssl::{
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 
+use super::ossl::stack_message;
 use super::resume::{self, SessionCache};
-use super::session::stack_message;
 use crate::{Error, Result};
 
 /// Session id context for server-side session caching (needed for resumption when
