@@ -277,7 +277,7 @@ impl Tcp {
     }
 
     /// Fails a connect still in progress after `timeout` with
-    /// [`Error::TimedOut`]`("connect")`. Call it right after `connect`/`connect_host`.
+    /// [`Error::TimedOut`]`(Timeout::Connect)`. Call it right after `connect`/`connect_host`.
     ///
     /// # Errors
     /// [`Error::Closed`], or [`Error::InvalidState`] if no connect is in progress.
@@ -290,7 +290,7 @@ impl Tcp {
         timer.unref(lp)?;
         timer.start(lp, timeout, None, move |lp, timer| {
             timer.close(lp);
-            fail_connect(lp, self.0, Error::TimedOut("connect"));
+            fail_connect(lp, self.0, Error::TimedOut(crate::error::Timeout::Connect));
         })?;
         if let Ok(Some(c)) = tcp(lp, self.0).map(|t| t.connect.as_mut())
             && let Some(old) = c.timer.replace(timer)

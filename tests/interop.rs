@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use biotls::error::{Alert, TlsAlert, VerifyKind};
 use biotls::pki::Pki;
 use biotls::tls::{Tls, TlsAcceptor};
 use biotls::{Error, Loop, Stream, Tcp};
@@ -354,30 +355,52 @@ fn our_client_gets_a_reversed_line_from_openssl_s_server() {
     assert_eq!(String::from_utf8_lossy(&got), "poretni olleh\n");
 }
 
-/// Our client against `openssl s_server` serving `server_pki`'s certificate, trusting
-/// only `client_pki`'s CA: the handshake must fail verification with `reason`.
-fn assert_refused(server_pki: &Pki, client_pki: &Pki, reason: &str) {
+/// Our client against `openssl s_server` serving `cert`/`key`, trusting only
+/// `client_pki`'s CA: the handshake must fail verification of `kind` with `code`.
+fn assert_refused_files(cert: &str, key: &str, client_pki: &Pki, kind: VerifyKind, code: i32) {
+    let (_server, port) = s_server(cert, key, &[]);
+    match our_client(client_pki, port, b"never sent\n", 1) {
+        Err(Error::Verification(v)) => {
+            assert_eq!(v.kind(), kind, "{v:?}");
+            assert_eq!(v.code(), code, "{v:?}");
+            // s_server sends its leaf only: every failure here is the leaf's.
+            assert_eq!(v.depth(), Some(0), "{v:?}");
+            assert!(v.alert().is_some_and(|a| a.is_sent()), "{v:?}");
+        }
+        other => panic!("expected a verification error ({kind:?}), got {other:?}"),
+    }
+}
+
+/// [`assert_refused_files`] with `server_pki`'s server certificate.
+fn assert_refused(server_pki: &Pki, client_pki: &Pki, kind: VerifyKind, code: i32) {
     if !have("openssl", "version") {
         return;
     }
     let dir = pki_in_dir(server_pki);
-    let (_server, port) = s_server(&dir.file("server.pem"), &dir.file("server.key"), &[]);
-    match our_client(client_pki, port, b"never sent\n", 1) {
-        Err(Error::Verification(text)) => assert!(text.contains(reason), "{text}"),
-        other => panic!("expected a verification error ({reason}), got {other:?}"),
-    }
+    let (cert, key) = (dir.file("server.pem"), dir.file("server.key"));
+    assert_refused_files(&cert, &key, client_pki, kind, code);
 }
 
 #[test]
 fn our_client_refuses_a_certificate_for_another_host() {
     let pki = Pki::generate(&["example.org"]).unwrap();
-    assert_refused(&pki, &pki, "hostname mismatch");
+    assert_refused(
+        &pki,
+        &pki,
+        VerifyKind::HostnameMismatch,
+        openssl_sys::X509_V_ERR_HOSTNAME_MISMATCH,
+    );
 }
 
 #[test]
 fn our_client_refuses_an_expired_certificate() {
     let pki = Pki::generate_expired_server(&["localhost"]).unwrap();
-    assert_refused(&pki, &pki, "certificate has expired");
+    assert_refused(
+        &pki,
+        &pki,
+        VerifyKind::Expired,
+        openssl_sys::X509_V_ERR_CERT_HAS_EXPIRED,
+    );
 }
 
 #[test]
@@ -385,7 +408,8 @@ fn our_client_refuses_a_certificate_from_an_unknown_ca() {
     assert_refused(
         &fresh_pki(),
         &fresh_pki(),
-        "unable to get local issuer certificate",
+        VerifyKind::UnknownIssuer,
+        openssl_sys::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
     );
 }
 
@@ -441,8 +465,12 @@ fn mtls_server_refuses_s_client_without_a_client_certificate() {
     assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
     assert!(ran.status.is_some_and(|s| !s.success()), "{ran:#?}");
     assert!(ran.stderr.contains("certificate required"), "{ran:#?}");
-    match &server.ends(1)[..] {
-        [Err(e)] => assert!(e.contains("certificate"), "{e}"),
+    match &server.errors(1)[..] {
+        [Err(e @ Error::Handshake(_))] => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Sent(Alert::CERTIFICATE_REQUIRED)),
+            "{e:?}"
+        ),
         other => panic!("expected a refused handshake, got {other:?}"),
     }
 }
@@ -494,8 +522,14 @@ fn openssl_s_client_alpn_without_overlap_is_refused() {
     );
     assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
     assert!(ran.stderr.contains("no application protocol"), "{ran:#?}");
-    assert_eq!(server.ends(1).len(), 1);
-    assert!(server.ends(1)[0].is_err());
+    match &server.errors(1)[..] {
+        [Err(e @ Error::Handshake(_))] => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Sent(Alert::NO_APPLICATION_PROTOCOL)),
+            "{e:?}"
+        ),
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
 }
 
 #[test]

@@ -25,6 +25,7 @@ use openssl::x509::X509;
 use super::config::{TlsAcceptor, TlsConnector};
 use super::ossl::{self, clear_error_queue, ssl_error_reason, stack_message};
 use super::resume;
+use crate::error::{TlsAlert, TlsFailure, VerifyError};
 use crate::{Error, Result};
 
 /// Maximum plaintext in one TLS record.
@@ -175,7 +176,8 @@ fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
 }
 
 impl TlsSession {
-    fn new(ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
+    fn new(mut ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
+        ossl::observe(&mut ssl);
         let stream = SslStream::new(ssl, MemDuplex::default())
             .map_err(|e| setup_error("creating TLS session", &e))?;
         Ok(TlsSession {
@@ -338,24 +340,37 @@ impl TlsSession {
         }
     }
 
+    /// The reason and the alert of a failed OpenSSL call.
+    fn failure(&self, e: &ssl::Error) -> TlsFailure {
+        TlsFailure::new(
+            ssl_error_reason(e),
+            ossl::failure_alert(self.stream.ssl(), e),
+        )
+    }
+
     fn handshake_error(&self, e: &ssl::Error) -> Error {
+        let ssl = self.stream.ssl();
         if ossl::is_verify_failure(e) {
-            let result = self.stream.ssl().verify_result();
-            let text = if result == openssl::x509::X509VerifyResult::OK {
+            let result = ssl.verify_result();
+            let reason = if result == openssl::x509::X509VerifyResult::OK {
                 "certificate verify failed"
             } else {
                 result.error_string()
             };
-            return Error::Verification(text.to_owned());
+            let alert = ossl::sent_alert(ssl).map(TlsAlert::Sent);
+            let depth = ossl::verify_depth(ssl);
+            return Error::Verification(VerifyError::new(result.as_raw(), depth, reason, alert));
         }
         match e.code() {
-            ErrorCode::SYSCALL if ossl::is_unexpected_eof(e) => {
-                Error::Handshake(ossl::UNEXPECTED_EOF.into())
-            }
-            ErrorCode::ZERO_RETURN => {
-                Error::Handshake("peer sent close_notify during the handshake".into())
-            }
-            _ => Error::Handshake(ssl_error_reason(e)),
+            ErrorCode::SYSCALL if ossl::is_unexpected_eof(e) => Error::Handshake(TlsFailure::new(
+                ossl::UNEXPECTED_EOF,
+                ossl::failure_alert(ssl, e),
+            )),
+            ErrorCode::ZERO_RETURN => Error::Handshake(TlsFailure::new(
+                "peer sent close_notify during the handshake",
+                None,
+            )),
+            _ => Error::Handshake(self.failure(e)),
         }
     }
 
@@ -365,9 +380,10 @@ impl TlsSession {
     /// `Ok(false)` when more ciphertext from the peer is needed. Send
     /// [`take_ciphertext`](Self::take_ciphertext) after each call either way.
     ///
-    /// Errors: [`Error::Verification`] when the peer's certificate is rejected (the text
-    /// is OpenSSL's verify result, e.g. "hostname mismatch"), [`Error::Handshake`] for
-    /// anything else, including EOF before the handshake completed.
+    /// Errors: [`Error::Verification`] when we reject the peer's certificate (OpenSSL's
+    /// verify code and its [`VerifyKind`](crate::error::VerifyKind), e.g. a hostname
+    /// mismatch), [`Error::Handshake`] for anything else, with the alert sent or received
+    /// if there was one, including EOF before the handshake completed.
     pub fn handshake(&mut self) -> Result<bool> {
         self.check_failed()?;
         if self.handshake_done {
@@ -402,8 +418,9 @@ impl TlsSession {
     /// shows up in [`take_ciphertext`](Self::take_ciphertext).
     ///
     /// Errors: [`Error::Truncated`] when the transport ended without close_notify (after
-    /// all plaintext received before it was returned), [`Error::Tls`] for a bad record or
-    /// a fatal alert, and the handshake errors of [`handshake`](Self::handshake).
+    /// all plaintext received before it was returned), [`Error::Tls`] for a bad record
+    /// (we send an alert) or a fatal alert received (with TLS 1.3, a server refusing our
+    /// client certificate), and the handshake errors of [`handshake`](Self::handshake).
     pub fn read(&mut self, buf: &mut BytesMut) -> Result<ReadOutcome> {
         self.check_failed()?;
         if !self.handshake()? {
@@ -437,7 +454,7 @@ impl TlsSession {
                     ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
                     _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
                     _ => {
-                        let err = Error::Tls(ssl_error_reason(&e));
+                        let err = Error::Tls(self.failure(&e));
                         Err(self.fail(err))
                     }
                 }
@@ -480,7 +497,7 @@ impl TlsSession {
                 Ok(0)
             }
             Err(e) => {
-                let err = Error::Tls(ssl_error_reason(&e));
+                let err = Error::Tls(self.failure(&e));
                 Err(self.fail(err))
             }
         }
@@ -518,7 +535,7 @@ impl TlsSession {
         clear_error_queue();
         if !ossl::request_key_update(&mut self.stream, request_peer) {
             let stack = ErrorStack::get();
-            return Err(Error::Tls(format!("KeyUpdate: {}", stack_message(&stack))));
+            return Err(Error::tls(format!("KeyUpdate: {}", stack_message(&stack))));
         }
         // The request only marks the session; the handshake machinery writes the
         // message now (into the memory transport, so it completes at once).
@@ -527,7 +544,7 @@ impl TlsSession {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(()),
             Err(e) => {
-                let err = Error::Tls(ssl_error_reason(&e));
+                let err = Error::Tls(self.failure(&e));
                 Err(self.fail(err))
             }
         }
@@ -560,7 +577,7 @@ impl TlsSession {
                 Ok(())
             }
             Err(e) => {
-                let err = Error::Tls(ssl_error_reason(&e));
+                let err = Error::Tls(self.failure(&e));
                 Err(self.fail(err))
             }
         }
