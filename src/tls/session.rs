@@ -127,7 +127,11 @@ pub struct SessionInfo {
 ///
 /// After a fatal error the session stays failed: every later `handshake`, `read`,
 /// `write` and `shutdown` returns the same error. Any alert OpenSSL produced on the way
-/// remains available from `take_ciphertext`.
+/// remains available from `take_ciphertext`, and the error names it
+/// ([`Error::alert`]): received alerts come from OpenSSL's error queue, sent ones from
+/// an info callback each session installs on its `SSL` (a `configure` closure of
+/// [`server_with`](Self::server_with) / [`client_with`](Self::client_with) that installs
+/// its own replaces it, and sent alerts then go unnamed).
 pub struct TlsSession {
     stream: SslStream<MemDuplex>,
     is_server: bool,
@@ -176,8 +180,7 @@ fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
 }
 
 impl TlsSession {
-    fn new(mut ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
-        ossl::observe(&mut ssl);
+    fn new(ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
         let stream = SslStream::new(ssl, MemDuplex::default())
             .map_err(|e| setup_error("creating TLS session", &e))?;
         Ok(TlsSession {
@@ -207,6 +210,8 @@ impl TlsSession {
         let mut ssl =
             Ssl::new(acceptor.context()).map_err(|e| setup_error("creating TLS session", &e))?;
         ssl.set_accept_state();
+        // Before `configure`, so that an info callback of the caller's own wins.
+        ossl::observe(&mut ssl);
         configure(&mut ssl)?;
         Self::new(ssl, true, None)
     }
@@ -241,6 +246,8 @@ impl TlsSession {
             ))
         })?;
         ssl.set_connect_state();
+        // Before `configure`, so that an info callback of the caller's own wins.
+        ossl::observe(&mut ssl);
         if let (Some(cache), Some(index)) = (connector.session_cache(), resume::key_index()) {
             ssl.set_ex_data(index, server_name.to_owned());
             if let Some(session) = cache.get(server_name) {
