@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use biotls::error::{Alert, Timeout, TlsAlert, VerifyKind};
 use biotls::tls::{Tls, TlsConnector};
 use biotls::{Async, Error, Loop, Stream, Tcp, Timer};
 use bytes::Bytes;
@@ -95,6 +96,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error's text and, for the failures a user can act on, what to try. `Display`
+/// carries the detail: "certificate verify failed: hostname mismatch
+/// (X509_V_ERR_HOSTNAME_MISMATCH, code 62)", "TLS error: tlsv13 alert certificate
+/// required (received alert certificate_required)".
+fn explain(e: &Error) -> String {
+    let hint = match (e.verify_kind(), e.alert(), e.timeout()) {
+        (Some(VerifyKind::HostnameMismatch), _, _) => {
+            "the certificate is for another name: check --server-name"
+        }
+        (Some(VerifyKind::UnknownIssuer | VerifyKind::SelfSigned), _, _) => {
+            "the server's certificate does not chain to --ca"
+        }
+        (Some(VerifyKind::Expired | VerifyKind::NotYetValid), _, _) => {
+            "outside the certificate's validity period: check it and the clocks"
+        }
+        (_, Some(TlsAlert::Received(Alert::CERTIFICATE_REQUIRED)), _) => {
+            "the server requires a client certificate: --cert and --key"
+        }
+        (_, Some(TlsAlert::Received(Alert::UNKNOWN_CA | Alert::BAD_CERTIFICATE)), _) => {
+            "the server refused our client certificate"
+        }
+        (_, Some(TlsAlert::Received(Alert::PROTOCOL_VERSION)), _) => {
+            "no TLS version in common (this client speaks TLS 1.2 and 1.3)"
+        }
+        (_, Some(TlsAlert::Received(Alert::NO_APPLICATION_PROTOCOL)), _) => {
+            "the server wants an ALPN protocol this client does not offer"
+        }
+        (_, _, Some(Timeout::Handshake)) => "the peer did not complete a TLS handshake: is it TLS?",
+        _ => return e.to_string(),
+    };
+    format!("{e}\n  hint: {hint}")
+}
+
 fn connector(args: &Args) -> biotls::Result<TlsConnector> {
     let mut builder = TlsConnector::builder()?.ca_file(&args.ca)?;
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
@@ -118,7 +152,11 @@ fn run(args: &Args) -> Result<String, String> {
             c.set(true);
             let _ = tcp.set_nodelay(lp, true);
         }
-        Err(e) => finish(lp, &o, Err(format!("cannot connect to {target}: {e}"))),
+        Err(e) => finish(
+            lp,
+            &o,
+            Err(format!("cannot connect to {target}: {}", explain(&e))),
+        ),
     })
     .map_err(|e| e.to_string())?;
     tcp.set_connect_timeout(&mut lp, timeout)
@@ -145,9 +183,13 @@ fn run(args: &Args) -> Result<String, String> {
         }
         // The failed connect may reach the handshake before the connect callback.
         Err(e) if !connected.get() => {
-            finish(lp, &o, Err(format!("cannot connect to {target}: {e}")));
+            finish(
+                lp,
+                &o,
+                Err(format!("cannot connect to {target}: {}", explain(&e))),
+            );
         }
-        Err(e) => finish(lp, &o, Err(e.to_string())),
+        Err(e) => finish(lp, &o, Err(explain(&e))),
     })
     .map_err(|e| e.to_string())?;
 
@@ -225,7 +267,7 @@ fn interactive(lp: &mut Loop, tls: Tls, outcome: &Outcome) -> Result<(), String>
             }
         }
         Ok(None) => finish(lp, &o, Ok(String::new())),
-        Err(e) => finish(lp, &o, Err(e.to_string())),
+        Err(e) => finish(lp, &o, Err(explain(&e))),
     })
     .map_err(|e| e.to_string())
 }
@@ -390,7 +432,7 @@ fn bulk(
             let msg = format!("{e} after {} of {} bytes", b.received.get(), b.total);
             finish(lp, &b.outcome, Err(msg));
         }
-        Err(e) => finish(lp, &b.outcome, Err(e.to_string())),
+        Err(e) => finish(lp, &b.outcome, Err(explain(&e))),
     })
     .map_err(|e| e.to_string())?;
     if total == 0 {

@@ -21,9 +21,10 @@ use std::rc::Rc;
 use std::sync::mpsc;
 
 use biotls::echo::{EchoEnd, EchoOptions, echo_with};
+use biotls::error::{Alert, Timeout, TlsAlert};
 use biotls::signal::{SIGINT, SIGTERM};
 use biotls::tls::{Tls, TlsAcceptor};
-use biotls::{Async, AsyncSender, ListenOptions, Loop, Signal, Stream, Tcp, TcpListener};
+use biotls::{Async, AsyncSender, Error, ListenOptions, Loop, Signal, Stream, Tcp, TcpListener};
 use clap::Parser;
 use openssl::ssl::SslSessionCacheMode;
 
@@ -219,6 +220,29 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A failed handshake as the log shows it: the error (its `Display` names the alert and
+/// which side sent it, or the verify code) and what it usually means on a server.
+fn handshake_failure(e: &Error) -> String {
+    let meaning = match (e.verify_kind(), e.alert(), e.timeout()) {
+        (Some(kind), _, _) => format!("the client's certificate was refused ({kind})"),
+        (_, Some(TlsAlert::Received(Alert::UNKNOWN_CA | Alert::BAD_CERTIFICATE)), _) => {
+            "the client does not trust our certificate".into()
+        }
+        (_, Some(TlsAlert::Sent(Alert::CERTIFICATE_REQUIRED)), _) => {
+            "the client sent no certificate (--client-ca requires one)".into()
+        }
+        (_, Some(TlsAlert::Sent(Alert::NO_APPLICATION_PROTOCOL)), _) => {
+            "no ALPN protocol in common (--alpn)".into()
+        }
+        (_, Some(TlsAlert::Sent(Alert::PROTOCOL_VERSION)), _) => {
+            "the client offered only protocol versions older than TLS 1.2".into()
+        }
+        (_, _, Some(Timeout::Handshake)) => "the client stalled during the handshake".into(),
+        _ => return e.to_string(),
+    };
+    format!("{e}: {meaning}")
+}
+
 /// Wraps one accepted connection in TLS and echoes on it; failures are logged and end
 /// only this connection.
 fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>, index: u16) {
@@ -252,7 +276,7 @@ fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>
             Err(e) => log::warn!("{p}: {e}"),
         },
         // The echo's read callback gets the same error and closes the handle.
-        Err(e) => log::warn!("{p}: {e}"),
+        Err(e) => log::warn!("{p}: {}", handshake_failure(&e)),
     });
     if let Err(e) = handshake {
         log::error!("{peer}: {e}");

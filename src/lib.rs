@@ -76,8 +76,13 @@
 //! ## Errors
 //!
 //! Every failure is an [`Error`], returned by the call that could not be queued or given
-//! to the callback of the request that failed. Nothing a peer sends can panic the loop:
-//! a bad peer fails its own connection and the loop keeps serving the others.
+//! to the callback of the request that failed. TLS failures are typed: a refused
+//! certificate carries OpenSSL's verify code and a [`VerifyKind`](error::VerifyKind), a
+//! failed handshake the [`TlsAlert`](error::TlsAlert) sent or received, a timeout which
+//! [`Timeout`](error::Timeout) expired (see [`error`] for matching and printing).
+//!
+//! Nothing a peer sends can panic the loop: a bad peer fails its own connection and the
+//! loop keeps serving the others.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 // `deny`, not `forbid`: the few OpenSSL calls the `openssl` crate leaves unsafe or
 // unbound are allowed item by item, each with its safety argument.
@@ -85,7 +90,7 @@
 #![doc(test(attr(deny(warnings))))]
 mod async_handle;
 pub mod echo;
-mod error;
+pub mod error;
 mod event_loop;
 mod handle;
 mod listener;

@@ -127,7 +127,7 @@ impl Tcp {
     }
 
     /// Fails a connect still in progress after `timeout` with
-    /// [`Error::TimedOut`]`("connect")`, with the failure order of
+    /// [`Error::TimedOut`]`(`[`Timeout::Connect`](crate::error::Timeout::Connect)`)`, with the failure order of
     /// [`connect`](Tcp::connect). Call it right after `connect`/`connect_host`; a
     /// timeout too large to represent means no limit.
     ///

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use biotls::echo::{EchoOptions, echo, echo_with};
+use biotls::error::{Alert, TlsAlert, VerifyKind};
 use biotls::pki::Pki;
 use biotls::tls::{ReadOutcome, SessionInfo, Tls, TlsAcceptor, TlsConnector, TlsSession};
 use biotls::{Error, Loop, Stream, Tcp, TcpListener, Timer};
@@ -164,11 +165,26 @@ fn alpn_without_overlap_is_refused_with_no_application_protocol() {
         .unwrap()
         .build();
     let (c, s) = exchange(acceptor, &connector, "localhost");
+    // The server refuses with the alert; the client receives it.
+    match s {
+        Err(e @ Error::Handshake(_)) => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Sent(Alert::NO_APPLICATION_PROTOCOL)),
+            "{e:?}"
+        ),
+        other => panic!("expected the server to refuse, got {other:?}"),
+    }
     match c {
-        Err(Error::Handshake(text)) => assert!(text.contains("no application protocol"), "{text}"),
+        Err(Error::Handshake(f)) => {
+            assert_eq!(
+                f.alert(),
+                Some(TlsAlert::Received(Alert::NO_APPLICATION_PROTOCOL)),
+                "{f:?}"
+            );
+            assert!(f.reason().contains("no application protocol"), "{f:?}");
+        }
         other => panic!("expected a refused handshake, got {other:?}"),
     }
-    assert!(matches!(s, Err(Error::Handshake(_))), "{s:?}");
 }
 
 #[test]
@@ -292,7 +308,7 @@ fn an_unknown_or_absent_name_gets_the_default_certificate() {
     let (acceptor, connector) = sni_setup(false);
     let (c, s) = exchange(acceptor, &connector, "gamma.test");
     match c {
-        Err(Error::Verification(text)) => assert!(text.contains("hostname mismatch"), "{text}"),
+        Err(e) => assert_eq!(e.verify_kind(), Some(VerifyKind::HostnameMismatch), "{e:?}"),
         other => panic!("expected the default certificate to mismatch, got {other:?}"),
     }
     assert!(s.is_err() || s.unwrap().server_name.as_deref() == Some("gamma.test"));
@@ -324,7 +340,11 @@ fn per_name_contexts_share_client_certificate_verification() {
     // Without a client certificate: refused on the per-name context too.
     let connector = connector_builder(&alpha).build();
     let (_, s) = exchange(acceptor.clone(), &connector, "alpha.test");
-    assert!(matches!(s, Err(Error::Handshake(_))), "{s:?}");
+    assert!(
+        matches!(&s, Err(e @ Error::Handshake(_))
+            if e.alert() == Some(TlsAlert::Sent(Alert::CERTIFICATE_REQUIRED))),
+        "{s:?}"
+    );
     // With one: served.
     let connector = connector_builder(&alpha)
         .client_cert_pem(

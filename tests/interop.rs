@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use biotls::error::{Alert, TlsAlert, VerifyKind};
 use biotls::pki::Pki;
-use biotls::tls::{Tls, TlsAcceptor};
+use biotls::tls::{Tls, TlsAcceptor, TlsConnector};
 use biotls::{Error, Loop, Stream, Tcp};
 use util::echo_server::EchoServer;
 use util::{have, run_until};
@@ -354,30 +355,52 @@ fn our_client_gets_a_reversed_line_from_openssl_s_server() {
     assert_eq!(String::from_utf8_lossy(&got), "poretni olleh\n");
 }
 
-/// Our client against `openssl s_server` serving `server_pki`'s certificate, trusting
-/// only `client_pki`'s CA: the handshake must fail verification with `reason`.
-fn assert_refused(server_pki: &Pki, client_pki: &Pki, reason: &str) {
+/// Our client against `openssl s_server` serving `cert`/`key`, trusting only
+/// `client_pki`'s CA: the handshake must fail verification of `kind` with `code`.
+fn assert_refused_files(cert: &str, key: &str, client_pki: &Pki, kind: VerifyKind, code: i32) {
+    let (_server, port) = s_server(cert, key, &[]);
+    match our_client(client_pki, port, b"never sent\n", 1) {
+        Err(Error::Verification(v)) => {
+            assert_eq!(v.kind(), kind, "{v:?}");
+            assert_eq!(v.code(), code, "{v:?}");
+            // s_server sends its leaf only: every failure here is the leaf's.
+            assert_eq!(v.depth(), Some(0), "{v:?}");
+            assert!(v.alert().is_some_and(|a| a.is_sent()), "{v:?}");
+        }
+        other => panic!("expected a verification error ({kind:?}), got {other:?}"),
+    }
+}
+
+/// [`assert_refused_files`] with `server_pki`'s server certificate.
+fn assert_refused(server_pki: &Pki, client_pki: &Pki, kind: VerifyKind, code: i32) {
     if !have("openssl", "version") {
         return;
     }
     let dir = pki_in_dir(server_pki);
-    let (_server, port) = s_server(&dir.file("server.pem"), &dir.file("server.key"), &[]);
-    match our_client(client_pki, port, b"never sent\n", 1) {
-        Err(Error::Verification(text)) => assert!(text.contains(reason), "{text}"),
-        other => panic!("expected a verification error ({reason}), got {other:?}"),
-    }
+    let (cert, key) = (dir.file("server.pem"), dir.file("server.key"));
+    assert_refused_files(&cert, &key, client_pki, kind, code);
 }
 
 #[test]
 fn our_client_refuses_a_certificate_for_another_host() {
     let pki = Pki::generate(&["example.org"]).unwrap();
-    assert_refused(&pki, &pki, "hostname mismatch");
+    assert_refused(
+        &pki,
+        &pki,
+        VerifyKind::HostnameMismatch,
+        openssl_sys::X509_V_ERR_HOSTNAME_MISMATCH,
+    );
 }
 
 #[test]
 fn our_client_refuses_an_expired_certificate() {
     let pki = Pki::generate_expired_server(&["localhost"]).unwrap();
-    assert_refused(&pki, &pki, "certificate has expired");
+    assert_refused(
+        &pki,
+        &pki,
+        VerifyKind::Expired,
+        openssl_sys::X509_V_ERR_CERT_HAS_EXPIRED,
+    );
 }
 
 #[test]
@@ -385,8 +408,141 @@ fn our_client_refuses_a_certificate_from_an_unknown_ca() {
     assert_refused(
         &fresh_pki(),
         &fresh_pki(),
-        "unable to get local issuer certificate",
+        VerifyKind::UnknownIssuer,
+        openssl_sys::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
     );
+}
+
+#[test]
+fn our_client_refuses_a_self_signed_certificate() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (cert, key) = (dir.file("self.pem"), dir.file("self.key"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .args(["-keyout", &key, "-out", &cert])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "openssl req: {made:?}");
+    assert_refused_files(
+        &cert,
+        &key,
+        &fresh_pki(),
+        VerifyKind::SelfSigned,
+        openssl_sys::X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT,
+    );
+}
+
+/// What our client saw: the handshake callback's result, then the read callback's
+/// (the bytes read, or the error).
+type Seen = (Result<(), Error>, Result<Vec<u8>, Error>);
+
+/// Connects `connector` to `port` without writing, and reads until the first error or
+/// end of stream.
+fn our_silent_client(connector: &TlsConnector, port: u16) -> Seen {
+    let mut lp = Loop::new().unwrap();
+    let tcp = Tcp::connect(
+        &mut lp,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let tls = Tls::client(&mut lp, tcp, connector, "localhost").unwrap();
+    let handshake = Rc::new(RefCell::new(None));
+    let h = Rc::clone(&handshake);
+    tls.on_handshake(&mut lp, move |_, _, r| *h.borrow_mut() = Some(r))
+        .unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let result: Outcome = Rc::default();
+    let (g, r) = (Rc::clone(&got), Rc::clone(&result));
+    tls.start_read(&mut lp, move |lp, tls, read| {
+        let end = match read {
+            Ok(Some(b)) => return g.borrow_mut().extend_from_slice(&b),
+            Ok(None) => Ok(g.take()),
+            Err(e) => Err(e),
+        };
+        *r.borrow_mut() = Some(end);
+        tls.close(lp, |_, _| {});
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || result.borrow().is_some());
+    let handshake = handshake.take().expect("handshake callback ran");
+    (handshake, result.take().unwrap())
+}
+
+/// `openssl s_server` requiring a client certificate issued by `ca`'s CA (TLS 1.3).
+fn s_server_requiring_client_certs(dir: &TempDir, ca: &TempDir) -> (Guard, u16) {
+    let ca_file = ca.file("ca.pem");
+    s_server(
+        &dir.file("server.pem"),
+        &dir.file("server.key"),
+        // Without -verify_return_error s_server reports a bad certificate and goes on.
+        &[
+            "-tls1_3",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-CAfile",
+            &ca_file,
+        ],
+    )
+}
+
+/// With TLS 1.3 the client's handshake completes before the server has seen the
+/// client's certificate: the refusal arrives as an alert at the first read.
+fn assert_refused_after_the_handshake(connector: &TlsConnector, port: u16, alert: Alert) {
+    match our_silent_client(connector, port) {
+        (Ok(()), Err(e @ Error::Tls(_))) => {
+            assert_eq!(e.alert(), Some(TlsAlert::Received(alert)), "{e:?}");
+        }
+        other => panic!("expected on_handshake(Ok), then a received {alert}, got {other:?}"),
+    }
+}
+
+#[test]
+fn openssl_s_server_refusing_a_missing_client_certificate_sends_certificate_required() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let (_server, port) = s_server_requiring_client_certs(&dir, &dir);
+    assert_refused_after_the_handshake(
+        &pki.connector().unwrap(),
+        port,
+        Alert::CERTIFICATE_REQUIRED,
+    );
+}
+
+#[test]
+fn openssl_s_server_refusing_an_untrusted_client_certificate_sends_unknown_ca() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let other = pki_in_dir(&fresh_pki());
+    let (_server, port) = s_server_requiring_client_certs(&dir, &other);
+    let connector = TlsConnector::builder()
+        .unwrap()
+        .ca_pem(pki.ca_pem.as_bytes())
+        .unwrap()
+        .client_cert_pem(
+            pki.client_chain_pem.as_bytes(),
+            pki.client_key_pem.as_bytes(),
+        )
+        .unwrap()
+        .build();
+    assert_refused_after_the_handshake(&connector, port, Alert::UNKNOWN_CA);
 }
 
 fn mtls_server(pki: &Pki) -> EchoServer {
@@ -441,9 +597,45 @@ fn mtls_server_refuses_s_client_without_a_client_certificate() {
     assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
     assert!(ran.status.is_some_and(|s| !s.success()), "{ran:#?}");
     assert!(ran.stderr.contains("certificate required"), "{ran:#?}");
-    match &server.ends(1)[..] {
-        [Err(e)] => assert!(e.contains("certificate"), "{e}"),
+    match &server.errors(1)[..] {
+        [Err(e @ Error::Handshake(_))] => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Sent(Alert::CERTIFICATE_REQUIRED)),
+            "{e:?}"
+        ),
         other => panic!("expected a refused handshake, got {other:?}"),
+    }
+}
+
+#[test]
+fn mtls_server_refuses_s_client_with_a_certificate_from_an_unknown_ca() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = fresh_pki();
+    let dir = pki_in_dir(&pki);
+    let stranger = pki_in_dir(&fresh_pki());
+    let server = mtls_server(&pki);
+    let ran = run_peer(
+        s_client(server.port, &dir, "-tls1_3")
+            .arg("-cert")
+            .arg(stranger.file("client.pem"))
+            .arg("-key")
+            .arg(stranger.file("client.key")),
+        LINES.as_bytes(),
+        None,
+        LIMIT,
+    );
+    assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
+    assert!(ran.stderr.contains("unknown ca"), "{ran:#?}");
+    // s_client sends its leaf only; its issuer is not among ours.
+    match &server.errors(1)[..] {
+        [Err(Error::Verification(v))] => {
+            assert_eq!(v.kind(), VerifyKind::UnknownIssuer, "{v:?}");
+            assert_eq!(v.depth(), Some(0), "{v:?}");
+            assert_eq!(v.alert(), Some(TlsAlert::Sent(Alert::UNKNOWN_CA)), "{v:?}");
+        }
+        other => panic!("expected a refused client certificate, got {other:?}"),
     }
 }
 
@@ -494,8 +686,14 @@ fn openssl_s_client_alpn_without_overlap_is_refused() {
     );
     assert!(!ran.stdout.contains(LINES), "echoed anyway: {ran:#?}");
     assert!(ran.stderr.contains("no application protocol"), "{ran:#?}");
-    assert_eq!(server.ends(1).len(), 1);
-    assert!(server.ends(1)[0].is_err());
+    match &server.errors(1)[..] {
+        [Err(e @ Error::Handshake(_))] => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Sent(Alert::NO_APPLICATION_PROTOCOL)),
+            "{e:?}"
+        ),
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
 }
 
 #[test]

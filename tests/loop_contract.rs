@@ -54,7 +54,7 @@ fn outcome<T>(r: &Result<T, Error>) -> String {
     match r {
         Ok(_) => "ok".into(),
         Err(Error::Cancelled) => "cancelled".into(),
-        Err(Error::TimedOut(what)) => format!("timed out ({what})"),
+        Err(Error::TimedOut(what)) => format!("timed out ({what:?})"),
         Err(e) => match e.io_kind() {
             Some(kind) => format!("{kind:?}"),
             None => format!("{e}"),
@@ -367,7 +367,7 @@ fn a_connect_that_never_completes_times_out_and_fails_its_queued_requests() {
     })
     .unwrap();
     within_loop(&mut lp);
-    let timed_out = outcome::<()>(&Err(Error::TimedOut("connect")));
+    let timed_out = outcome::<()>(&Err(Error::TimedOut(biotls::error::Timeout::Connect)));
     assert_eq!(
         *order.borrow(),
         [

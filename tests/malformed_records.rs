@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use biotls::Error;
+use biotls::error::{Alert, TlsAlert};
 use biotls::tls::ReadOutcome;
 
 fn corpus() -> Vec<PathBuf> {
@@ -81,29 +82,66 @@ fn error_for(name: &str, server: bool) -> Error {
 }
 
 #[test]
-fn malformed_input_gets_a_handshake_error_naming_the_problem() {
+fn malformed_input_gets_a_handshake_error_naming_the_problem_and_the_alert() {
     const SERVER: bool = true;
     const CLIENT: bool = false;
-    for (name, side, reason) in [
-        ("http-request.bin", SERVER, "http request"),
-        ("huge-record-header.bin", SERVER, "data length too long"),
+    let sent = |a| Some(TlsAlert::Sent(a));
+    for (name, side, reason, alert) in [
+        // Not TLS at all: OpenSSL refuses without an alert.
+        ("http-request.bin", SERVER, "http request", None),
+        (
+            "huge-record-header.bin",
+            SERVER,
+            "data length too long",
+            sent(Alert::RECORD_OVERFLOW),
+        ),
         (
             "client-hello-bad-length.bin",
             SERVER,
             "excessive message size",
+            sent(Alert::ILLEGAL_PARAMETER),
         ),
-        ("empty-handshake-records.bin", SERVER, "record too small"),
-        ("sslv2-client-hello.bin", SERVER, "unsupported protocol"),
-        ("dtls-record-version.bin", SERVER, "wrong version number"),
-        ("fatal-alert-first.bin", CLIENT, "alert handshake failure"),
+        (
+            "empty-handshake-records.bin",
+            SERVER,
+            "record too small",
+            sent(Alert::UNEXPECTED_MESSAGE),
+        ),
+        (
+            "sslv2-client-hello.bin",
+            SERVER,
+            "unsupported protocol",
+            sent(Alert::PROTOCOL_VERSION),
+        ),
+        // A record version whose first byte is not 3 does not look like TLS: no alert.
+        (
+            "dtls-record-version.bin",
+            SERVER,
+            "wrong version number",
+            None,
+        ),
+        (
+            "fatal-alert-first.bin",
+            CLIENT,
+            "alert handshake failure",
+            Some(TlsAlert::Received(Alert::HANDSHAKE_FAILURE)),
+        ),
         // A real ServerHello, answering another client's ClientHello.
-        ("server-flight.bin", CLIENT, "invalid session id"),
+        (
+            "server-flight.bin",
+            CLIENT,
+            "invalid session id",
+            sent(Alert::ILLEGAL_PARAMETER),
+        ),
     ] {
         let e = error_for(name, side);
-        assert!(
-            matches!(&e, Error::Handshake(r) if r.contains(reason)),
-            "{name}: expected a handshake error with {reason:?}, got {e:?}"
-        );
+        match &e {
+            Error::Handshake(f) => {
+                assert!(f.reason().contains(reason), "{name}: {reason:?} in {e:?}");
+                assert_eq!(f.alert(), alert, "{name}: {e:?}");
+            }
+            other => panic!("{name}: expected a handshake error with {reason:?}, got {other:?}"),
+        }
     }
 }
 

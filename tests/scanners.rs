@@ -12,6 +12,8 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use biotls::Error;
+use biotls::error::{Alert, TlsAlert};
 use biotls::tls::{TlsAcceptor, TlsConnector, TlsSession};
 use openssl::ssl::SslVersion;
 use util::echo_server::EchoServer;
@@ -240,8 +242,16 @@ fn assert_old_version_refused(flag: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{flag} connected: {out:?}");
     assert!(!stdout.contains("hello"), "echoed over {flag}: {stdout}");
-    match &server.ends(1)[..] {
-        [Err(e)] => assert!(e.contains("unsupported protocol"), "{e}"),
+    // s_client's side of it.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("alert protocol version"),
+        "{out:?}"
+    );
+    match &server.errors(1)[..] {
+        [Err(Error::Handshake(f))] => {
+            assert!(f.reason().contains("unsupported protocol"), "{f:?}");
+            assert_eq!(f.alert(), Some(TlsAlert::Sent(Alert::PROTOCOL_VERSION)));
+        }
         other => panic!("expected a refused handshake, got {other:?}"),
     }
 }
@@ -281,8 +291,13 @@ fn client_initiated_renegotiation_is_refused() {
         !stdout.contains("after"),
         "echoed after renegotiation: {stdout}"
     );
-    match &server.ends(1)[..] {
-        [Err(e)] => assert!(e.contains("TLS error"), "{e}"),
+    // Our no_renegotiation is a warning; s_client gives up with a fatal alert of its own.
+    match &server.errors(1)[..] {
+        [Err(e @ Error::Tls(_))] => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Received(Alert::HANDSHAKE_FAILURE)),
+            "{e:?}"
+        ),
         other => panic!("expected the connection to fail, got {other:?}"),
     }
 }

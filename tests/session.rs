@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use biotls::Error;
+use biotls::error::{Alert, TlsAlert, VerifyKind};
 use biotls::pki::Pki;
 use biotls::tls::{ReadOutcome, TlsAcceptor, TlsConnector, TlsSession};
 use bytes::{Bytes, BytesMut};
@@ -279,18 +280,23 @@ fn corrupted_record_is_a_tls_error_and_the_alert_reaches_the_peer() {
     s.feed_ciphertext(Bytes::from(bad));
     let err = s.read(&mut BytesMut::new()).expect_err("corrupted record");
     match &err {
-        Error::Tls(msg) => assert!(
-            msg.contains("bad record mac") || msg.contains("decrypt"),
-            "{msg}"
+        Error::Tls(f) => assert!(
+            f.reason().contains("bad record mac") || f.reason().contains("decrypt"),
+            "{f:?}"
         ),
         other => panic!("expected Error::Tls, got {other:?}"),
     }
+    assert_eq!(err.alert(), Some(TlsAlert::Sent(Alert::BAD_RECORD_MAC)));
     assert!(matches!(s.read(&mut BytesMut::new()), Err(Error::Tls(_))));
     // The server wrote a fatal alert; the client reports it.
     assert!(s.has_ciphertext(), "alert available to flush");
     pump(&mut s, &mut c);
     match read_all(&mut c) {
-        Err(Error::Tls(msg)) => assert!(msg.contains("alert"), "{msg}"),
+        Err(e @ Error::Tls(_)) => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Received(Alert::BAD_RECORD_MAC)),
+            "{e:?}"
+        ),
         other => panic!("expected Error::Tls from the alert, got {other:?}"),
     }
 }
@@ -302,17 +308,24 @@ fn unknown_ca_fails_verification() {
     let acceptor = pki().acceptor().expect("acceptor");
     let (mut c, mut s) = pair_with(&connector, &acceptor, "localhost");
     let (cr, sr) = drive(&mut c, &mut s);
+    // The server sends its leaf and its CA: the chain ends in a self-signed root that the
+    // client does not trust.
     match cr {
-        Err(Error::Verification(msg)) => assert!(
-            msg == "self-signed certificate in certificate chain"
-                || msg == "unable to get local issuer certificate",
-            "{msg}"
-        ),
+        Err(Error::Verification(v)) => {
+            assert_eq!(v.kind(), VerifyKind::SelfSigned, "{v:?}");
+            assert_eq!(v.code(), openssl_sys::X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN);
+            assert_eq!(v.depth(), Some(1), "the CA, above the leaf");
+            assert_eq!(v.alert(), Some(TlsAlert::Sent(Alert::UNKNOWN_CA)));
+        }
         other => panic!("expected Verification, got {other:?}"),
     }
     // The client's alert reached the server.
     match sr {
-        Err(Error::Handshake(msg)) => assert!(msg.contains("unknown ca"), "{msg}"),
+        Err(e @ Error::Handshake(_)) => assert_eq!(
+            e.alert(),
+            Some(TlsAlert::Received(Alert::UNKNOWN_CA)),
+            "{e:?}"
+        ),
         other => panic!("expected Handshake on the server, got {other:?}"),
     }
     // Sticky.
@@ -328,7 +341,12 @@ fn wrong_hostname_fails_verification() {
     let (mut c, mut s) = pair("example.com");
     let (cr, _) = drive(&mut c, &mut s);
     match cr {
-        Err(Error::Verification(msg)) => assert_eq!(msg, "hostname mismatch"),
+        Err(Error::Verification(v)) => {
+            assert_eq!(v.kind(), VerifyKind::HostnameMismatch);
+            assert_eq!(v.code(), openssl_sys::X509_V_ERR_HOSTNAME_MISMATCH);
+            assert_eq!(v.reason(), "hostname mismatch");
+            assert_eq!(v.depth(), Some(0));
+        }
         other => panic!("expected Verification, got {other:?}"),
     }
 }
@@ -345,7 +363,10 @@ fn ip_literal_is_verified_as_ip_without_sni() {
 
     let (mut c, mut s) = pair("10.1.2.3");
     match drive(&mut c, &mut s).0 {
-        Err(Error::Verification(msg)) => assert_eq!(msg, "IP address mismatch"),
+        Err(Error::Verification(v)) => {
+            assert_eq!(v.kind(), VerifyKind::HostnameMismatch);
+            assert_eq!(v.code(), openssl_sys::X509_V_ERR_IP_ADDRESS_MISMATCH);
+        }
         other => panic!("expected Verification, got {other:?}"),
     }
 }
@@ -359,7 +380,12 @@ fn expired_certificate_fails_verification() {
         "localhost",
     );
     match drive(&mut c, &mut s).0 {
-        Err(Error::Verification(msg)) => assert_eq!(msg, "certificate has expired"),
+        Err(Error::Verification(v)) => {
+            assert_eq!(v.kind(), VerifyKind::Expired);
+            assert_eq!(v.code(), openssl_sys::X509_V_ERR_CERT_HAS_EXPIRED);
+            assert_eq!(v.depth(), Some(0));
+            assert_eq!(v.alert(), Some(TlsAlert::Sent(Alert::CERTIFICATE_EXPIRED)));
+        }
         other => panic!("expected Verification, got {other:?}"),
     }
 }
@@ -384,13 +410,13 @@ fn eof_during_handshake_is_a_handshake_error() {
     pump(&mut c, &mut s);
     s.feed_eof();
     match s.handshake() {
-        Err(Error::Handshake(msg)) => assert_eq!(msg, "unexpected eof while reading"),
+        Err(Error::Handshake(f)) => assert_eq!(f.reason(), "unexpected eof while reading"),
         other => panic!("expected Handshake, got {other:?}"),
     }
     // Client side: the server hangs up before answering.
     c.feed_eof();
     match c.handshake() {
-        Err(Error::Handshake(msg)) => assert_eq!(msg, "unexpected eof while reading"),
+        Err(Error::Handshake(f)) => assert_eq!(f.reason(), "unexpected eof while reading"),
         other => panic!("expected Handshake, got {other:?}"),
     }
     // Reading reports the same failure.
@@ -406,7 +432,10 @@ fn garbage_fed_to_a_server_is_a_handshake_error() {
     let mut s = TlsSession::server(&acceptor).expect("server");
     s.feed_ciphertext(Bytes::from_static(&[0x42; 64]));
     match s.handshake() {
-        Err(Error::Handshake(msg)) => assert!(!msg.is_empty() && !msg.contains('\n'), "{msg}"),
+        Err(Error::Handshake(f)) => assert!(
+            !f.reason().is_empty() && !f.reason().contains('\n'),
+            "{f:?}"
+        ),
         other => panic!("expected Handshake, got {other:?}"),
     }
 }
@@ -419,7 +448,10 @@ fn http_request_fed_to_a_server_is_a_handshake_error() {
         b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ));
     match s.handshake() {
-        Err(Error::Handshake(msg)) => assert_eq!(msg, "http request"),
+        Err(Error::Handshake(f)) => {
+            assert_eq!(f.reason(), "http request");
+            assert_eq!(f.alert(), None, "not TLS: no alert");
+        }
         other => panic!("expected Handshake, got {other:?}"),
     }
 }
@@ -442,7 +474,10 @@ fn mtls_rejects_a_client_without_a_certificate() {
     let (mut c, mut s) = pair_with(&connector, &acceptor, "localhost");
     let (cr, sr) = drive(&mut c, &mut s);
     match sr {
-        Err(Error::Handshake(msg)) => assert!(msg.contains("certificate"), "{msg}"),
+        Err(Error::Handshake(f)) => {
+            assert!(f.reason().contains("certificate"), "{f:?}");
+            assert_eq!(f.alert(), Some(TlsAlert::Sent(Alert::CERTIFICATE_REQUIRED)));
+        }
         other => panic!("expected the server to refuse, got {other:?}"),
     }
     // In TLS 1.3 the client finishes first and learns of the refusal from the alert.
@@ -452,7 +487,11 @@ fn mtls_rejects_a_client_without_a_certificate() {
         Err(e) => e,
     };
     match client_err {
-        Error::Tls(msg) | Error::Handshake(msg) => assert!(msg.contains("certificate"), "{msg}"),
+        Error::Tls(f) => assert_eq!(
+            f.alert(),
+            Some(TlsAlert::Received(Alert::CERTIFICATE_REQUIRED)),
+            "{f:?}"
+        ),
         other => panic!("unexpected client error {other:?}"),
     }
 }
@@ -580,10 +619,11 @@ fn default_connector_verifies_against_system_roots_only() {
     let connector = TlsConnector::builder().expect("builder").build();
     let acceptor = pki().acceptor().expect("acceptor");
     let (mut c, mut s) = pair_with(&connector, &acceptor, "localhost");
-    assert!(matches!(
-        drive(&mut c, &mut s).0,
-        Err(Error::Verification(_))
-    ));
+    let verdict = drive(&mut c, &mut s).0;
+    assert!(
+        matches!(verdict, Err(ref e) if e.verify_kind() == Some(VerifyKind::SelfSigned)),
+        "{verdict:?}"
+    );
 }
 
 #[test]

@@ -289,7 +289,10 @@ fn connect_timeout_fails_a_connect_that_hangs() {
     run_to_end(&mut lp, LIMIT);
     let result = got.borrow_mut().take().expect("connect callback ran");
     assert!(
-        matches!(result, Err(Error::TimedOut("connect"))),
+        matches!(
+            result,
+            Err(Error::TimedOut(biotls::error::Timeout::Connect))
+        ),
         "expected a connect timeout, got {result:?}"
     );
 }

@@ -1,5 +1,5 @@
 //! The optional idle timeout of `Tls`: silence in both directions fails the handle with
-//! `TimedOut("idle")`; traffic either way keeps it alive; it is off by default.
+//! `TimedOut(Timeout::Idle)`; traffic either way keeps it alive; it is off by default.
 
 mod util;
 
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use biotls::error::Timeout;
 use biotls::pki::Pki;
 use biotls::tls::{Tls, TlsAcceptor};
 use biotls::{Error, Loop, Stream, Tcp, TcpListener, Timer};
@@ -106,12 +107,12 @@ fn a_silent_connection_fails_with_an_idle_timeout() {
     let c = client(&mut lp, &pki, addr, None, Duration::ZERO);
     run_until(&mut lp, LIMIT, || !log.borrow().is_empty());
     let (at, what) = log.borrow()[0].clone();
-    assert_eq!(what, "error TimedOut(\"idle\")");
+    assert_eq!(what, "error TimedOut(Idle)");
     assert!(at >= idle, "fired early: {at:?}");
     assert!(at < idle * 5, "fired late: {at:?}");
     assert_eq!(
-        Error::TimedOut("idle").to_string(),
-        "idle timed out",
+        Error::TimedOut(Timeout::Idle).to_string(),
+        "idle timeout: no TLS traffic either way",
         "the message users see"
     );
     c.close(&mut lp, |_, _| {});
@@ -135,7 +136,7 @@ fn traffic_from_the_peer_keeps_the_connection_alive_until_it_stops() {
     });
     let log = log.borrow();
     let (at, what) = log.last().unwrap();
-    assert_eq!(what, "error TimedOut(\"idle\")");
+    assert_eq!(what, "error TimedOut(Idle)");
     assert!(*at >= busy + idle - Duration::from_millis(100), "{log:?}");
     assert!(log.len() >= 8, "the bytes came through: {log:?}");
     drop(log);

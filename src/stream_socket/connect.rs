@@ -145,7 +145,7 @@ pub(crate) fn set_connect_timeout(lp: &mut Loop, id: RawId, timeout: Duration) -
     timer.unref(lp)?;
     timer.start(lp, timeout, None, move |lp, timer| {
         timer.close(lp);
-        fail_connect(lp, id, Error::TimedOut("connect"));
+        fail_connect(lp, id, Error::TimedOut(crate::error::Timeout::Connect));
     })?;
     let old = match state(lp, id).map(|t| &mut t.conn) {
         Ok(Conn::Resolving(c) | Conn::Connecting(c)) => c.timer.replace(timer),

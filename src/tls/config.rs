@@ -19,8 +19,8 @@ use openssl::ssl::{
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 
+use super::ossl::{self, stack_message};
 use super::resume::{self, SessionCache};
-use super::session::stack_message;
 use crate::{Error, Result};
 
 /// Session id context for server-side session caching (needed for resumption when
@@ -495,7 +495,11 @@ fn require_client_cas(ctx: &mut SslContextBuilder, cas: &[X509]) -> Result<()> {
             .and_then(|()| ctx.add_client_ca(ca));
         added.map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
     }
-    ctx.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    // The callback keeps OpenSSL's verdict; it records where a chain failed.
+    ctx.set_verify_callback(
+        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+        ossl::record_verify_depth,
+    );
     Ok(())
 }
 
@@ -547,6 +551,8 @@ impl TlsConnector {
         let store = X509StoreBuilder::new()
             .map_err(|e| Error::Config(format!("TLS client context: {}", stack_message(&e))))?;
         ctx.set_cert_store(store.build());
+        // The callback keeps OpenSSL's verdict; it records where a chain failed.
+        ctx.set_verify_callback(SslVerifyMode::PEER, ossl::record_verify_depth);
         ctx.set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(|e| Error::Config(format!("TLS client context: {}", stack_message(&e))))?;
         ctx.set_mode(

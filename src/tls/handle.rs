@@ -34,7 +34,7 @@ mod idle;
 mod queues;
 
 /// Default time allowed for a handshake before the handle fails with
-/// [`Error::TimedOut`]`("TLS handshake")`.
+/// [`Error::TimedOut`]`(Timeout::Handshake)`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Plaintext gathered into one record from small writes.
 const RECORD: usize = 16 * 1024;
@@ -276,7 +276,7 @@ impl<S: Stream> Tls<S> {
         Ok(())
     }
 
-    /// Fails the handshake with [`Error::TimedOut`]`("TLS handshake")` if it has not
+    /// Fails the handshake with [`Error::TimedOut`]`(Timeout::Handshake)` if it has not
     /// completed within `timeout` from now (`None`: no limit). The default is
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
     ///
@@ -300,7 +300,7 @@ impl<S: Stream> Tls<S> {
             if let Some(t) = st::<S>(lp, id) {
                 t.handshake_timer = None;
                 if !t.session.is_handshake_complete() && t.failed.is_none() {
-                    t.failed = Some(Error::TimedOut("TLS handshake"));
+                    t.failed = Some(Error::TimedOut(crate::error::Timeout::Handshake));
                     pump::<S>(lp, id, true);
                 }
             }
@@ -708,14 +708,14 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
             let mut off = 0;
             while off < stage.len() {
                 match t.session.write(&stage[off..])? {
-                    0 => return Err(Error::Tls("TLS write made no progress".into())),
+                    0 => return Err(Error::tls("TLS write made no progress")),
                     n => off += n,
                 }
             }
             off
         };
         if n == 0 {
-            return Err(Error::Tls("TLS write made no progress".into()));
+            return Err(Error::tls("TLS write made no progress"));
         }
         // `n` is at most the plaintext taken from `pending`, which `pending_bytes` counts.
         t.pending_bytes -= n;

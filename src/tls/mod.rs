@@ -2,6 +2,7 @@
 //! and the [`Tls`] stream handle that pumps a session over any inner [`Stream`](crate::Stream).
 mod config;
 mod handle;
+mod ossl;
 mod resume;
 mod session;
 mod stats;

@@ -18,23 +18,15 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use bytes::{Buf, Bytes, BytesMut};
-use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
 use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslSessionRef, SslStream};
 use openssl::x509::X509;
 
 use super::config::{TlsAcceptor, TlsConnector};
+use super::ossl::{self, clear_error_queue, ssl_error_reason, stack_message};
 use super::resume;
+use crate::error::{TlsAlert, TlsFailure, VerifyError};
 use crate::{Error, Result};
-
-/// `ERR_LIB_SSL`.
-const LIB_SSL: i32 = 20;
-/// `SSL_R_CERTIFICATE_VERIFY_FAILED`.
-const R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
-/// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (OpenSSL 3).
-const R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
-/// OpenSSL's text for a transport EOF without close_notify.
-const UNEXPECTED_EOF: &str = "unexpected eof while reading";
 
 /// Maximum plaintext in one TLS record.
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
@@ -135,7 +127,11 @@ pub struct SessionInfo {
 ///
 /// After a fatal error the session stays failed: every later `handshake`, `read`,
 /// `write` and `shutdown` returns the same error. Any alert OpenSSL produced on the way
-/// remains available from `take_ciphertext`.
+/// remains available from `take_ciphertext`, and the error names it
+/// ([`Error::alert`]): received alerts come from OpenSSL's error queue, sent ones from
+/// an info callback each session installs on its `SSL` (a `configure` closure of
+/// [`server_with`](Self::server_with) / [`client_with`](Self::client_with) that installs
+/// its own replaces it, and sent alerts then go unnamed).
 pub struct TlsSession {
     stream: SslStream<MemDuplex>,
     is_server: bool,
@@ -165,52 +161,6 @@ impl fmt::Debug for TlsSession {
     }
 }
 
-/// Drains OpenSSL's per-thread error queue so a later failure reports only its own errors.
-fn clear_error_queue() {
-    let _ = ErrorStack::get();
-}
-
-/// The reason text of the first error in `stack` (for example "wrong version number").
-pub(crate) fn stack_reason(stack: &ErrorStack) -> Option<String> {
-    stack
-        .errors()
-        .first()
-        .map(|e| e.reason().map_or_else(|| e.to_string(), str::to_owned))
-}
-
-/// A readable message for an `ErrorStack` from a configuration or setup call.
-pub(crate) fn stack_message(stack: &ErrorStack) -> String {
-    stack_reason(stack).unwrap_or_else(|| "unknown OpenSSL error".to_owned())
-}
-
-/// The reason text of an `ssl::Error`.
-fn ssl_error_reason(e: &ssl::Error) -> String {
-    if let Some(reason) = e.ssl_error().and_then(stack_reason) {
-        return reason;
-    }
-    if let Some(io) = e.io_error() {
-        return io.to_string();
-    }
-    e.to_string()
-}
-
-fn stack_has(e: &ssl::Error, lib: i32, reason: i32, text: &str) -> bool {
-    e.ssl_error().is_some_and(|stack| {
-        stack.errors().iter().any(|err| {
-            (err.library_code() == lib && err.reason_code() == reason) || err.reason() == Some(text)
-        })
-    })
-}
-
-/// Whether `e` means "the transport ended without a close_notify".
-fn is_unexpected_eof(e: &ssl::Error) -> bool {
-    match e.code() {
-        ErrorCode::SYSCALL => e.ssl_error().is_none_or(|s| s.errors().is_empty()),
-        ErrorCode::SSL => stack_has(e, LIB_SSL, R_UNEXPECTED_EOF_WHILE_READING, UNEXPECTED_EOF),
-        _ => false,
-    }
-}
-
 fn setup_error(what: &str, stack: &ErrorStack) -> Error {
     Error::Config(format!("{what}: {}", stack_message(stack)))
 }
@@ -227,40 +177,6 @@ fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
     if unsafe { ssl.set_session(session) }.is_err() {
         clear_error_queue();
     }
-}
-
-// Declaring a foreign function is `unsafe_code` too; its one caller is below.
-#[allow(unsafe_code)]
-unsafe extern "C" {
-    /// `int SSL_key_update(SSL *s, int updatetype)` (OpenSSL 1.1.1+), not bound by the
-    /// `openssl` crate.
-    fn SSL_key_update(
-        s: *mut openssl_sys::SSL,
-        updatetype: std::os::raw::c_int,
-    ) -> std::os::raw::c_int;
-}
-
-/// `SSL_KEY_UPDATE_NOT_REQUESTED` / `SSL_KEY_UPDATE_REQUESTED`.
-const KEY_UPDATE_NOT_REQUESTED: std::os::raw::c_int = 0;
-const KEY_UPDATE_REQUESTED: std::os::raw::c_int = 1;
-
-/// Marks `stream`'s established TLS 1.3 session to send a KeyUpdate. Returns whether
-/// OpenSSL accepted.
-#[allow(unsafe_code)]
-fn request_key_update(stream: &mut SslStream<MemDuplex>, request_peer: bool) -> bool {
-    let kind = if request_peer {
-        KEY_UPDATE_REQUESTED
-    } else {
-        KEY_UPDATE_NOT_REQUESTED
-    };
-    let ssl = stream.ssl().as_ptr();
-    // SAFETY: `ssl` is a live `SSL*` owned by `stream`, which we borrow mutably for the
-    // whole call, so no other Rust code uses the `SSL` meanwhile (the `openssl` crate
-    // offers no `&mut SslRef` inside an `SslStream`, hence the pointer from `&SslRef`).
-    // The declaration matches OpenSSL's prototype, `kind` is one of the two values it
-    // accepts, and it checks the rest itself (handshake finished, no pending write
-    // retry), failing with 0 rather than misbehaving. It calls back into no Rust code.
-    unsafe { SSL_key_update(ssl, kind) == 1 }
 }
 
 impl TlsSession {
@@ -294,6 +210,8 @@ impl TlsSession {
         let mut ssl =
             Ssl::new(acceptor.context()).map_err(|e| setup_error("creating TLS session", &e))?;
         ssl.set_accept_state();
+        // Before `configure`, so that an info callback of the caller's own wins.
+        ossl::observe(&mut ssl);
         configure(&mut ssl)?;
         Self::new(ssl, true, None)
     }
@@ -328,6 +246,8 @@ impl TlsSession {
             ))
         })?;
         ssl.set_connect_state();
+        // Before `configure`, so that an info callback of the caller's own wins.
+        ossl::observe(&mut ssl);
         if let (Some(cache), Some(index)) = (connector.session_cache(), resume::key_index()) {
             ssl.set_ex_data(index, server_name.to_owned());
             if let Some(session) = cache.get(server_name) {
@@ -427,29 +347,37 @@ impl TlsSession {
         }
     }
 
+    /// The reason and the alert of a failed OpenSSL call.
+    fn failure(&self, e: &ssl::Error) -> TlsFailure {
+        TlsFailure::new(
+            ssl_error_reason(e),
+            ossl::failure_alert(self.stream.ssl(), e),
+        )
+    }
+
     fn handshake_error(&self, e: &ssl::Error) -> Error {
-        if e.code() == ErrorCode::SSL
-            && stack_has(
-                e,
-                LIB_SSL,
-                R_CERTIFICATE_VERIFY_FAILED,
-                "certificate verify failed",
-            )
-        {
-            let result = self.stream.ssl().verify_result();
-            let text = if result == openssl::x509::X509VerifyResult::OK {
+        let ssl = self.stream.ssl();
+        if ossl::is_verify_failure(e) {
+            let result = ssl.verify_result();
+            let reason = if result == openssl::x509::X509VerifyResult::OK {
                 "certificate verify failed"
             } else {
                 result.error_string()
             };
-            return Error::Verification(text.to_owned());
+            let alert = ossl::sent_alert(ssl).map(TlsAlert::Sent);
+            let depth = ossl::verify_depth(ssl);
+            return Error::Verification(VerifyError::new(result.as_raw(), depth, reason, alert));
         }
         match e.code() {
-            ErrorCode::SYSCALL if is_unexpected_eof(e) => Error::Handshake(UNEXPECTED_EOF.into()),
-            ErrorCode::ZERO_RETURN => {
-                Error::Handshake("peer sent close_notify during the handshake".into())
-            }
-            _ => Error::Handshake(ssl_error_reason(e)),
+            ErrorCode::SYSCALL if ossl::is_unexpected_eof(e) => Error::Handshake(TlsFailure::new(
+                ossl::UNEXPECTED_EOF,
+                ossl::failure_alert(ssl, e),
+            )),
+            ErrorCode::ZERO_RETURN => Error::Handshake(TlsFailure::new(
+                "peer sent close_notify during the handshake",
+                None,
+            )),
+            _ => Error::Handshake(self.failure(e)),
         }
     }
 
@@ -459,9 +387,10 @@ impl TlsSession {
     /// `Ok(false)` when more ciphertext from the peer is needed. Send
     /// [`take_ciphertext`](Self::take_ciphertext) after each call either way.
     ///
-    /// Errors: [`Error::Verification`] when the peer's certificate is rejected (the text
-    /// is OpenSSL's verify result, e.g. "hostname mismatch"), [`Error::Handshake`] for
-    /// anything else, including EOF before the handshake completed.
+    /// Errors: [`Error::Verification`] when we reject the peer's certificate (OpenSSL's
+    /// verify code and its [`VerifyKind`](crate::error::VerifyKind), e.g. a hostname
+    /// mismatch), [`Error::Handshake`] for anything else, with the alert sent or received
+    /// if there was one, including EOF before the handshake completed.
     pub fn handshake(&mut self) -> Result<bool> {
         self.check_failed()?;
         if self.handshake_done {
@@ -496,8 +425,9 @@ impl TlsSession {
     /// shows up in [`take_ciphertext`](Self::take_ciphertext).
     ///
     /// Errors: [`Error::Truncated`] when the transport ended without close_notify (after
-    /// all plaintext received before it was returned), [`Error::Tls`] for a bad record or
-    /// a fatal alert, and the handshake errors of [`handshake`](Self::handshake).
+    /// all plaintext received before it was returned), [`Error::Tls`] for a bad record
+    /// (we send an alert) or a fatal alert received (with TLS 1.3, a server refusing our
+    /// client certificate), and the handshake errors of [`handshake`](Self::handshake).
     pub fn read(&mut self, buf: &mut BytesMut) -> Result<ReadOutcome> {
         self.check_failed()?;
         if !self.handshake()? {
@@ -529,9 +459,9 @@ impl TlsSession {
                         Ok(ReadOutcome::Eof)
                     }
                     ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
-                    _ if is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
+                    _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
                     _ => {
-                        let err = Error::Tls(ssl_error_reason(&e));
+                        let err = Error::Tls(self.failure(&e));
                         Err(self.fail(err))
                     }
                 }
@@ -574,7 +504,7 @@ impl TlsSession {
                 Ok(0)
             }
             Err(e) => {
-                let err = Error::Tls(ssl_error_reason(&e));
+                let err = Error::Tls(self.failure(&e));
                 Err(self.fail(err))
             }
         }
@@ -610,9 +540,9 @@ impl TlsSession {
             ));
         }
         clear_error_queue();
-        if !request_key_update(&mut self.stream, request_peer) {
+        if !ossl::request_key_update(&mut self.stream, request_peer) {
             let stack = ErrorStack::get();
-            return Err(Error::Tls(format!("KeyUpdate: {}", stack_message(&stack))));
+            return Err(Error::tls(format!("KeyUpdate: {}", stack_message(&stack))));
         }
         // The request only marks the session; the handshake machinery writes the
         // message now (into the memory transport, so it completes at once).
@@ -621,7 +551,7 @@ impl TlsSession {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(()),
             Err(e) => {
-                let err = Error::Tls(ssl_error_reason(&e));
+                let err = Error::Tls(self.failure(&e));
                 Err(self.fail(err))
             }
         }
@@ -654,7 +584,7 @@ impl TlsSession {
                 Ok(())
             }
             Err(e) => {
-                let err = Error::Tls(ssl_error_reason(&e));
+                let err = Error::Tls(self.failure(&e));
                 Err(self.fail(err))
             }
         }

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use biotls::echo::{EchoEnd, EchoOptions, echo_with};
 use biotls::tls::{Tls, TlsAcceptor};
-use biotls::{Async, AsyncSender, Loop, TcpListener};
+use biotls::{Async, AsyncSender, Error, Loop, TcpListener};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The server, on an ephemeral port; stopped (through an `Async`) and joined on drop.
 pub struct EchoServer {
     pub port: u16,
-    /// How each connection ended: `Ok` or the error's text.
-    ends: Arc<Mutex<Vec<Result<(), String>>>>,
+    /// How each connection ended.
+    ends: Arc<Mutex<Vec<Result<(), Error>>>>,
     stop: AsyncSender,
     thread: Option<JoinHandle<()>>,
 }
@@ -50,7 +50,7 @@ impl EchoServer {
                     echo_with(lp, tls, EchoOptions::default(), move |_, _, end| {
                         e.lock().unwrap().push(match end {
                             EchoEnd::Done => Ok(()),
-                            EchoEnd::Failed(err) => Err(err.to_string()),
+                            EchoEnd::Failed(err) => Err(err.clone()),
                         });
                     })
                     .unwrap();
@@ -74,8 +74,16 @@ impl EchoServer {
         }
     }
 
-    /// Waits until `n` connections have ended and returns how.
+    /// Waits until `n` connections have ended and returns how: `Ok` or the error's text.
     pub fn ends(&self, n: usize) -> Vec<Result<(), String>> {
+        self.errors(n)
+            .into_iter()
+            .map(|end| end.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// Waits until `n` connections have ended and returns how.
+    pub fn errors(&self, n: usize) -> Vec<Result<(), Error>> {
         let deadline = Instant::now() + LIMIT;
         loop {
             let ends = self.ends.lock().unwrap().clone();

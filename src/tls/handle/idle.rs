@@ -1,5 +1,5 @@
 //! The idle timeout of a [`Tls`] handle: no ciphertext in either direction for the
-//! configured time fails the handle with [`Error::TimedOut`]`("idle")`.
+//! configured time fails the handle with [`Error::TimedOut`]`(Timeout::Idle)`.
 //!
 //! Activity is recorded as the loop's cached time (no timer restart per byte); one
 //! unref'd timer per handle, created when a timeout is first set and restarted (never
@@ -42,7 +42,7 @@ impl Idle {
 }
 
 impl<S: Stream> Tls<S> {
-    /// Fails the handle with [`Error::TimedOut`]`("idle")` once no ciphertext has been
+    /// Fails the handle with [`Error::TimedOut`]`(Timeout::Idle)` once no ciphertext has been
     /// received from or written to the inner stream for `timeout` (`None`, the default:
     /// no limit). The clock starts now; the handshake counts as traffic. The failure is
     /// reported like any other: to the read callback if reading, and to queued writes.
@@ -98,7 +98,7 @@ fn check<S: Stream>(lp: &mut Loop, id: RawId) {
     let idle = now.saturating_duration_since(t.idle.last.unwrap_or(now));
     if idle >= timeout {
         t.idle.timeout = None;
-        t.failed = Some(Error::TimedOut("idle"));
+        t.failed = Some(Error::TimedOut(crate::error::Timeout::Idle));
         pump::<S>(lp, id, true);
     } else if let Err(e) = arm::<S>(lp, id, timeout - idle)
         && let Some(t) = st::<S>(lp, id)
