@@ -98,6 +98,10 @@ pub enum Error {
     Tls(TlsFailure),
     /// Invalid configuration: an unreadable certificate or key, a bad address, ...
     Config(String),
+    /// The stream under a [`Tls`](crate::Tls) handle was closed while the `Tls` still
+    /// used it (someone closed the inner stream instead of the `Tls`). The `Tls` is
+    /// failed; close it.
+    TransportClosed,
 }
 
 impl Error {
@@ -163,6 +167,9 @@ impl fmt::Display for Error {
             ),
             Error::Tls(failure) => write!(f, "TLS error: {failure}"),
             Error::Config(what) => write!(f, "configuration error: {what}"),
+            Error::TransportClosed => {
+                f.write_str("the stream under this TLS handle was closed while in use")
+            }
         }
     }
 }
@@ -857,6 +864,7 @@ mod tests {
             Error::from(io::Error::other(Outer(Inner))),
             Error::Closed,
             Error::Cancelled,
+            Error::TransportClosed,
             Error::TimedOut(Timeout::Connect),
             Error::TimedOut(Timeout::Handshake),
             Error::TimedOut(Timeout::Idle),

@@ -120,6 +120,8 @@ pub struct Loop {
     pub(crate) asyncs: Vec<RawId>,
     jobs: HashMap<u64, JobDone>,
     next_job: u64,
+    /// The handle whose owner is calling it right now (see [`Loop::as_owner`]).
+    acting: Option<RawId>,
 }
 
 impl fmt::Debug for Loop {
@@ -174,6 +176,7 @@ impl Loop {
             asyncs: Vec::new(),
             jobs: HashMap::new(),
             next_job: 0,
+            acting: None,
         })
     }
 
@@ -397,6 +400,39 @@ impl Loop {
     /// The state of handle `id` if it is open and of type `T`.
     pub(crate) fn state_ref<T: 'static>(&self, id: RawId) -> Option<&T> {
         self.slot(id)?.state.as_ref()?.downcast_ref::<T>()
+    }
+
+    /// Records that `owner` owns `id` (or, with `None`, that nobody does). While owned,
+    /// `id`'s stream calls are refused unless made by the owner ([`Loop::as_owner`]),
+    /// and closing `id` tells the owner ([`Ops::owned_closed`]).
+    pub(crate) fn set_owner(&mut self, id: RawId, owner: Option<RawId>) {
+        if let Some(slot) = self.slot_mut(id) {
+            slot.owner = owner;
+        }
+    }
+
+    /// The handle that owns `id`, if any.
+    pub(crate) fn owner(&self, id: RawId) -> Option<RawId> {
+        self.slot(id).and_then(|s| s.owner)
+    }
+
+    /// Runs `f` as the owner of `id`: `id`'s stream calls made inside are allowed.
+    pub(crate) fn as_owner<R>(&mut self, id: RawId, f: impl FnOnce(&mut Loop) -> R) -> R {
+        let previous = self.acting.replace(id);
+        let out = f(self);
+        self.acting = previous;
+        out
+    }
+
+    /// Refuses a stream call on a handle that another handle owns, unless the owner
+    /// makes it.
+    pub(crate) fn check_access(&self, id: RawId) -> Result<()> {
+        match self.slot(id) {
+            Some(slot) if slot.owner.is_some() && self.acting != Some(id) => Err(
+                Error::InvalidState("the stream is owned by a Tls handle: use the Tls"),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Records whether a handle is active (keeps `run` alive while referenced).

@@ -53,6 +53,17 @@ impl fmt::Display for RawId {
     }
 }
 
+/// The identity of a handle, whatever its type: equal for the same handle, `Display`
+/// as `#3`. Used to let a [`Tls`](crate::Tls) own its inner stream.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct HandleId(pub(crate) RawId);
+
+impl fmt::Display for HandleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// What one readiness event reported for a handle's token (copied out of mio's event
 /// list, so the loop can dispatch without borrowing it).
 #[derive(Clone, Copy, Debug, Default)]

@@ -73,6 +73,24 @@
 //! duplex (`Read` copies out of the queued ciphertext, `Write` appends to the output
 //! buffer), so the data path needs no `unsafe`.
 //!
+//! ## The callback contract
+//!
+//! Every handle keeps libuv's contract (the details are in [`Stream`]'s and [`Timer`]'s
+//! docs):
+//! - callbacks run from the loop, never inside the call that queued them;
+//! - every request a call accepted completes exactly once, in the order made: writes in
+//!   order, a shutdown after the writes before it, the close callback last;
+//! - a failed connect runs its callback first, then fails the queued writes and the
+//!   shutdown with its error, in order, then tells a reader; nothing stays active;
+//! - once the read side has ended, a reader started later hears the same ending once;
+//! - a timer started during a timer pass runs after the next poll (a 0 ms timer restarted
+//!   from its own callback cannot starve I/O); deadlines too large to represent mean
+//!   "never";
+//! - each pass of deferred completions runs only what was queued before it, and the loop
+//!   polls once per iteration;
+//! - [`Loop::run`] returns once nothing is active. Dropping a `Loop` drops pending
+//!   callbacks without calling them.
+//!
 //! ## Errors
 //!
 //! Every failure is an [`Error`], returned by the call that could not be queued or given
@@ -89,6 +107,7 @@
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 mod async_handle;
+pub mod duplex;
 pub mod echo;
 pub mod error;
 mod event_loop;
@@ -97,6 +116,7 @@ mod listener;
 mod pipe;
 #[cfg(feature = "pki")]
 pub mod pki;
+mod read_side;
 pub mod signal;
 mod socket;
 mod stream;
@@ -105,10 +125,13 @@ mod tcp;
 mod timer;
 pub mod tls;
 mod work;
+mod write_queue;
 
 pub use async_handle::{Async, AsyncSender};
+pub use duplex::Duplex;
 pub use error::{Error, Result};
 pub use event_loop::Loop;
+pub use handle::HandleId;
 pub use pipe::{Pipe, PipeListener};
 pub use signal::Signal;
 pub use stream::{ReadResult, Stream};

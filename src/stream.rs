@@ -17,22 +17,46 @@ pub type ReadResult = Result<Option<Bytes>>;
 /// A bidirectional byte stream handle with libuv's callback semantics.
 ///
 /// # The callback contract
-/// - The read callback never runs inside [`start_read`](Stream::start_read); it runs
-///   from the loop, with owned [`Bytes`], until [`stop_read`](Stream::stop_read), the end
-///   of stream (`Ok(None)`) or an error. After an error or the end of stream reading has
-///   stopped; after an error the user still calls [`close`](Stream::close).
-/// - If [`write`](Stream::write) or [`shutdown`](Stream::shutdown) return an error their
-///   callback never runs; otherwise it runs exactly once, from the loop, never inside the
-///   call that queued it. Writes complete in the order they were made.
-/// - [`close`](Stream::close) releases the handle at once: queued writes (and a pending
-///   shutdown) complete with [`Error::Cancelled`](crate::Error::Cancelled), then the close
-///   callback runs. `close` on a closed handle does nothing; every other call on a closed
-///   or stale handle returns [`Error::Closed`](crate::Error::Closed).
-/// - `write` never blocks and never drops data: whatever the transport cannot take now is
-///   queued, and [`write_queue_size`](Stream::write_queue_size) says how much, so a server
-///   can stop reading a peer that does not read its replies.
+/// - **From the loop, never inside a call.** No callback runs inside the call that
+///   queued it (or inside any other API call): read, write, shutdown, connect and close
+///   callbacks run from the loop.
+/// - **Exactly once, in order.** If [`write`](Stream::write) or
+///   [`shutdown`](Stream::shutdown) return an error their callback never runs; otherwise
+///   it runs exactly once. Writes complete in the order they were made, and a shutdown
+///   after the writes queued before it.
+/// - **Reading.** The read callback runs with owned [`Bytes`] until
+///   [`stop_read`](Stream::stop_read), the end of stream (`Ok(None)`) or an error; after
+///   the end or an error, reading has stopped. Data that arrives while reading is stopped
+///   waits in the transport (bounded by its buffers).
+/// - **Reading after the end.** Once the read side has ended, `start_read` returns `Ok`
+///   and its callback runs once, from the loop, with the same ending (`Ok(None)` or the
+///   same error), whether or not an earlier reader heard it.
+/// - **Connect failure** ([`Tcp::connect`](crate::Tcp::connect) and the other connecting
+///   constructors): the connect callback runs first. Queued writes, then the shutdown,
+///   stay queued while it runs (a `close` inside it cancels them); otherwise they then
+///   fail with the connect's error, in order. A reader started before the connect gets
+///   that error last. Nothing stays active afterwards; the handle stays open until
+///   closed.
+/// - **Close.** [`close`](Stream::close) releases the handle at once: a pending connect
+///   callback, then the queued writes and a pending shutdown complete with
+///   [`Error::Cancelled`](crate::Error::Cancelled) (a connect whose failure was already
+///   known keeps its error), then the close callback runs. A read callback never runs
+///   after `close`. `close` on a closed handle does nothing; every other call on a
+///   closed or stale handle returns [`Error::Closed`](crate::Error::Closed).
+/// - **No loss, bounded memory.** `write` never blocks and never drops data: whatever the
+///   transport cannot take now is queued, and
+///   [`write_queue_size`](Stream::write_queue_size) says how much, so a server can stop
+///   reading a peer that does not read its replies. A write's callback reports `Ok` once
+///   its bytes were handed to the transport (for TCP: the kernel); a reset afterwards can
+///   still lose them, as with any socket.
+/// - **`Loop::run` returns** once nothing is active: a handle is active while it reads,
+///   connects or has requests in flight.
+///
+/// The property test `tests/loop_props.rs` checks this contract for `Tcp` and `Pipe`
+/// against generated call orders.
 pub trait Stream: Copy + std::fmt::Debug + 'static {
-    /// Starts delivering data to `cb`, replacing any previous read callback.
+    /// Starts delivering data to `cb`, replacing any previous read callback. After the
+    /// end of stream or an error, `cb` hears that ending once (see the contract).
     ///
     /// # Errors
     /// [`Error::Closed`](crate::Error::Closed) on a closed handle.
@@ -51,8 +75,9 @@ pub trait Stream: Copy + std::fmt::Debug + 'static {
     /// the error that stopped it.
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) on a closed handle,
-    /// [`Error::InvalidState`](crate::Error::InvalidState) after `shutdown`.
+    /// [`Error::Closed`](crate::Error::Closed) on a closed handle; the error that broke
+    /// the stream, once one did (a failed connect, a failed write: the same error every
+    /// time); [`Error::InvalidState`](crate::Error::InvalidState) after `shutdown`.
     fn write<F>(self, lp: &mut Loop, data: impl Into<Bytes>, cb: F) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
@@ -75,17 +100,20 @@ pub trait Stream: Copy + std::fmt::Debug + 'static {
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static;
 
     /// Writes what the transport takes right now without queueing anything, and returns
-    /// how many bytes of `data` were taken (0 if it would block or writes are queued).
+    /// how many bytes of `data` were taken (0 if it would block, writes are queued, or
+    /// the stream is not connected yet).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed), or the transport's error.
+    /// As [`write`](Stream::write), and the transport's error (which then breaks the
+    /// stream for later writes).
     fn try_write(self, lp: &mut Loop, data: &[u8]) -> Result<usize>;
 
     /// After all queued writes, half-closes the stream (no more writes; reading goes on).
     ///
     /// # Errors
-    /// [`Error::Closed`](crate::Error::Closed) on a closed handle,
-    /// [`Error::InvalidState`](crate::Error::InvalidState) if already shut down.
+    /// [`Error::Closed`](crate::Error::Closed) on a closed handle; the error that broke
+    /// the stream, once one did; [`Error::InvalidState`](crate::Error::InvalidState) if
+    /// already shut down.
     fn shutdown<F>(self, lp: &mut Loop, cb: F) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static;
@@ -102,4 +130,12 @@ pub trait Stream: Copy + std::fmt::Debug + 'static {
 
     /// Whether the handle is open (not closed, not stale).
     fn is_open(self, lp: &Loop) -> bool;
+
+    /// The handle's identity in its loop, for the crate's own stream handles (`None`
+    /// for other implementations). A [`Tls`](crate::Tls) uses it to own its inner
+    /// stream: while wrapped, the inner stream's reading and writing calls return
+    /// [`Error::InvalidState`](crate::Error::InvalidState) unless the `Tls` makes them.
+    fn handle_id(self) -> Option<crate::HandleId> {
+        None
+    }
 }

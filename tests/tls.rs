@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use biotls::duplex::Fault;
 use biotls::echo::{EchoOptions, echo};
 use biotls::error::VerifyKind;
 use biotls::pki::Pki;
 use biotls::tls::{Tls, TlsAcceptor, TlsConnector};
-use biotls::{Error, Loop, ReadResult, Stream, Tcp, TcpListener};
+use biotls::{Duplex, Error, Loop, ReadResult, Stream, Tcp, TcpListener};
 use bytes::Bytes;
 use util::{pattern, run_to_end, run_until};
 
@@ -250,22 +251,48 @@ fn close_notify_is_a_clean_eof_after_the_data() {
 fn transport_eof_without_close_notify_is_truncation() {
     let pki = pki();
     let mut lp = Loop::new().unwrap();
-    let (listener, addr, log) = recording_server(&mut lp, pki.acceptor().unwrap(), None);
-    let tcp = Tcp::connect(&mut lp, addr, |_, _, r| r.unwrap()).unwrap();
-    let tls = Tls::client(&mut lp, tcp, &pki.connector().unwrap(), "localhost").unwrap();
-    tls.write(&mut lp, &b"cut short"[..], move |lp, tls, r| {
+    let (server_end, client_end) = Duplex::pair(&mut lp, 64 * 1024).unwrap();
+    let server = Tls::server(&mut lp, server_end, &pki.acceptor().unwrap()).unwrap();
+    let log = record(&mut lp, server);
+    let tls = Tls::client(&mut lp, client_end, &pki.connector().unwrap(), "localhost").unwrap();
+    tls.write(&mut lp, &b"cut short"[..], move |lp, _, r| {
         r.unwrap();
-        // Half-close the TCP stream under TLS: a FIN with no close_notify.
-        let inner = tls.inner(lp).unwrap();
-        inner.shutdown(lp, |_, _, r| r.unwrap()).unwrap();
+        // The transport ends under TLS: an end of stream with no close_notify.
+        server_end.inject_fault(lp, Fault::Eof).unwrap();
     })
     .unwrap();
     run_until(&mut lp, LIMIT, || log.borrow().len() == 3);
     assert_eq!(log.borrow()[..2], ["handshake ok", "data cut short"]);
     assert_eq!(log.borrow()[2], "error Truncated");
     tls.close(&mut lp, |_, _| {});
-    listener.close(&mut lp);
     run_to_end(&mut lp, LIMIT);
+}
+
+/// Records `tls`'s handshake outcome and reads; closes it at the end of reading.
+fn record<S: Stream>(lp: &mut Loop, tls: Tls<S>) -> Rc<RefCell<Vec<String>>> {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (l1, l2) = (log.clone(), log.clone());
+    tls.on_handshake(lp, move |_, _, r| {
+        l1.borrow_mut().push(match r {
+            Ok(()) => "handshake ok".to_string(),
+            Err(e) => format!("handshake {e:?}"),
+        })
+    })
+    .unwrap();
+    tls.start_read(lp, move |lp, tls, r: ReadResult| {
+        let entry = match r {
+            Ok(Some(b)) => format!("data {}", String::from_utf8_lossy(&b)),
+            Ok(None) => "eof".to_string(),
+            Err(e) => format!("error {e:?}"),
+        };
+        let end = !entry.starts_with("data");
+        l2.borrow_mut().push(entry);
+        if end {
+            tls.close(lp, |_, _| {});
+        }
+    })
+    .unwrap();
+    log
 }
 
 #[test]

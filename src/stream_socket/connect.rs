@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mio::Interest;
 
-use super::{Conn, ReadSide, insert_connecting, read, state, update_active, write};
+use super::{Conn, insert_connecting, read, state, update_active, write};
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::RawId;
@@ -225,12 +225,8 @@ fn connect_failed(lp: &mut Loop, id: RawId) {
     let err = error.clone();
     cb(lp, Err(err.clone()));
     write::fail_requests(lp, id, &err);
-    let Ok(t) = state(lp, id) else { return };
-    if matches!(t.read, ReadSide::Ended { .. }) {
-        update_active(lp, id);
-    } else {
-        read::end_reading(lp, id, Err(err));
-    }
+    // Ends the read side unless it had ended already (then only the activity changes).
+    read::end_reading(lp, id, Err(err));
 }
 
 /// Checks a connecting socket after an event: connected, failed, or not yet. On success

@@ -9,8 +9,9 @@
 //!
 //! A handle's life is three small state machines that cannot contradict each other:
 //! the connection ([`Conn`]: resolving, connecting, connected, failed), the read side
-//! ([`ReadSide`]: stopped, reading, ended with the ending kept for later readers) and the
-//! write side (a queue of requests and a [`Shutdown`] that is open, queued or done).
+//! (`ReadSide`: stopped, reading, ended with the ending kept for later readers) and the
+//! write side (a `WriteQueue` of requests and a `Shutdown` that is open, queued or
+//! done).
 //! Every request leaves the handle through one function per way out: written
 //! (`write::complete_written`), failed (`write::fail_requests`, `connect::connect_failed`)
 //! or cancelled (`close`).
@@ -29,8 +30,10 @@ use mio::Interest;
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::{Ops, RawId, Readiness};
+use crate::read_side::ReadSide;
 use crate::socket::StreamSock;
 use crate::stream::ReadResult;
+use crate::write_queue::{Shutdown, WriteQueue};
 
 pub(crate) use connect::{connect_addrs, connect_host, connect_started, set_connect_timeout};
 
@@ -50,43 +53,17 @@ enum Conn {
     Failed { error: Error, cb: Option<DoneCb> },
 }
 
-/// How reading ended: `Ok(())` for end of stream, or the error.
-type ReadEnd = Result<()>;
-
-/// The read side.
-enum ReadSide {
-    /// Not reading.
-    Stopped,
-    /// Reading; the callback is `None` only while it runs.
-    Reading(Option<ReadCb>),
-    /// The stream ended (`end`); a reader started afterwards (`reader`) hears the same
-    /// ending once, from the loop.
-    Ended {
-        end: ReadEnd,
-        reader: Option<ReadCb>,
-    },
-}
-
-/// The write side's half-close.
-enum Shutdown {
-    Open,
-    /// Requested: performed once the queued writes are written.
-    Queued(DoneCb),
-    /// Performed (or failed); no more writes.
-    Done,
-}
-
 /// The state of one `Tcp` or `Pipe` handle.
 pub(crate) struct StreamState {
     /// `None` while resolving, after a failed connect, and between connect attempts.
     sock: Option<StreamSock>,
     conn: Conn,
-    read: ReadSide,
-    /// Bumped by `start_read`/`stop_read`, so the read loop can tell that a callback
-    /// replaced or stopped itself while it ran.
-    read_epoch: u64,
-    out: write::WriteQueue,
+    read: ReadSide<ReadCb>,
+    out: WriteQueue,
     shutdown: Shutdown,
+    /// The error that broke the write side; later writes fail with it, and a read that
+    /// meets end of stream reports it instead (see `read::lost_connection`).
+    write_error: Option<Error>,
 }
 
 impl StreamState {
@@ -94,35 +71,27 @@ impl StreamState {
         StreamState {
             sock,
             conn,
-            read: ReadSide::Stopped,
-            read_epoch: 0,
-            out: write::WriteQueue::default(),
+            read: ReadSide::default(),
+            out: WriteQueue::default(),
             shutdown: Shutdown::Open,
+            write_error: None,
         }
     }
 
     fn is_active(&self) -> bool {
-        let reading = match &self.read {
-            ReadSide::Stopped => false,
-            ReadSide::Reading(_) => true,
-            ReadSide::Ended { reader, .. } => reader.is_some(),
-        };
         let connecting = match &self.conn {
             Conn::Connected => false,
             Conn::Resolving(_) | Conn::Connecting(_) => true,
             Conn::Failed { cb, .. } => cb.is_some(),
         };
-        reading
-            || connecting
-            || self.out.has_requests()
-            || matches!(self.shutdown, Shutdown::Queued(_))
+        self.read.is_active() || connecting || self.out.has_requests() || self.shutdown.is_queued()
     }
 
     /// The error that makes writing impossible: a failed connect or a failed write.
     fn broken(&self) -> Option<&Error> {
         match &self.conn {
             Conn::Failed { error, .. } => Some(error),
-            _ => self.out.error.as_ref(),
+            _ => self.write_error.as_ref(),
         }
     }
 
@@ -211,12 +180,8 @@ fn on_serve(lp: &mut Loop, id: RawId) {
 
 /// `Stream::start_read`.
 pub(crate) fn start_read(lp: &mut Loop, id: RawId, cb: ReadCb) -> Result<()> {
-    let t = state(lp, id)?;
-    t.read_epoch += 1;
-    match &mut t.read {
-        ReadSide::Ended { reader, .. } => *reader = Some(cb),
-        read => *read = ReadSide::Reading(Some(cb)),
-    }
+    lp.check_access(id)?;
+    state(lp, id)?.read.start(cb);
     lp.set_active(id, true);
     // Data (or the ending) may already wait, and its edge may be gone: look on this
     // iteration, from the loop (never inside this call).
@@ -226,12 +191,8 @@ pub(crate) fn start_read(lp: &mut Loop, id: RawId, cb: ReadCb) -> Result<()> {
 
 /// `Stream::stop_read`.
 pub(crate) fn stop_read(lp: &mut Loop, id: RawId) -> Result<()> {
-    let t = state(lp, id)?;
-    t.read_epoch += 1;
-    match &mut t.read {
-        ReadSide::Ended { reader, .. } => *reader = None,
-        read => *read = ReadSide::Stopped,
-    }
+    lp.check_access(id)?;
+    state(lp, id)?.read.stop();
     update_active(lp, id);
     Ok(())
 }
@@ -243,11 +204,12 @@ pub(crate) fn write(
     bufs: impl IntoIterator<Item = Bytes>,
     cb: DoneCb,
 ) -> Result<()> {
+    lp.check_access(id)?;
     let t = state(lp, id)?;
     if let Some(e) = t.broken() {
         return Err(e.clone());
     }
-    if !matches!(t.shutdown, Shutdown::Open) {
+    if !t.shutdown.is_open() {
         return Err(Error::InvalidState("write after shutdown"));
     }
     let was_idle = t.out.push(bufs, cb);
@@ -261,16 +223,18 @@ pub(crate) fn write(
 
 /// `Stream::try_write`.
 pub(crate) fn try_write(lp: &mut Loop, id: RawId, data: &[u8]) -> Result<usize> {
+    lp.check_access(id)?;
     write::try_write(lp, id, data)
 }
 
 /// `Stream::shutdown`.
 pub(crate) fn shutdown(lp: &mut Loop, id: RawId, cb: DoneCb) -> Result<()> {
+    lp.check_access(id)?;
     let t = state(lp, id)?;
     if let Some(e) = t.broken() {
         return Err(e.clone());
     }
-    if !matches!(t.shutdown, Shutdown::Open) {
+    if !t.shutdown.is_open() {
         return Err(Error::InvalidState("already shut down"));
     }
     t.shutdown = Shutdown::Queued(cb);
@@ -309,7 +273,7 @@ pub(crate) fn close(lp: &mut Loop, id: RawId, cb: Box<dyn FnOnce(&mut Loop)>) {
     for cb in t.out.take_requests() {
         lp.complete(cb, Err(Error::Cancelled));
     }
-    if let Shutdown::Queued(cb) = std::mem::replace(&mut t.shutdown, Shutdown::Done) {
+    if let Some(cb) = t.shutdown.take_queued() {
         lp.complete(cb, Err(Error::Cancelled));
     }
     lp.defer(cb);
@@ -381,6 +345,10 @@ macro_rules! impl_socket_stream {
 
             fn is_open(self, lp: &$crate::Loop) -> bool {
                 $crate::stream_socket::state_ref(lp, self.0).is_ok()
+            }
+
+            fn handle_id(self) -> Option<$crate::HandleId> {
+                Some($crate::HandleId(self.0))
             }
         }
     };

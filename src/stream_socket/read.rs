@@ -9,15 +9,15 @@
 //! again on this iteration.
 //!
 //! Once the stream has ended (end of stream or an error), the ending is kept: a reader
-//! started later hears the same ending, once, from the loop.
+//! started later hears the same ending, once, from the loop (`read_side`).
 
 use std::io::{self, Read};
 
-use super::{ReadEnd, ReadSide, StreamState, state, update_active};
+use super::{StreamState, state, update_active};
 use crate::error::Error;
 use crate::event_loop::Loop;
 use crate::handle::RawId;
-use crate::stream::ReadResult;
+use crate::read_side::ReadEnd;
 
 /// Bytes read from one socket per event before other handles get their turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -26,36 +26,21 @@ const READ_BUDGET: usize = 256 * 1024;
 /// whose socket may hold data whose edge is gone.
 pub(super) fn serve(lp: &mut Loop, id: RawId) {
     let Ok(t) = state(lp, id) else { return };
-    let connected = t.connected();
-    match &mut t.read {
-        ReadSide::Ended { end, reader } => {
-            let Some(mut cb) = reader.take() else { return };
-            let result = ending(end);
-            update_active(lp, id);
-            cb(lp, result);
-        }
-        ReadSide::Reading(_) if connected => read_loop(lp, id, false),
-        ReadSide::Reading(_) | ReadSide::Stopped => {}
-    }
-}
-
-/// What a reader hears for `end`.
-fn ending(end: &ReadEnd) -> ReadResult {
-    match end {
-        Ok(()) => Ok(None),
-        Err(e) => Err(e.clone()),
+    if let Some((mut cb, heard)) = t.read.take_late_reader() {
+        update_active(lp, id);
+        cb(lp, heard);
+    } else if t.read.can_deliver() && t.connected() {
+        read_loop(lp, id, false);
     }
 }
 
 /// Ends the read side with `end` and tells the current reader (from the loop), if any.
 pub(super) fn end_reading(lp: &mut Loop, id: RawId, end: ReadEnd) {
     let Ok(t) = state(lp, id) else { return };
-    let result = ending(&end);
-    let previous = std::mem::replace(&mut t.read, ReadSide::Ended { end, reader: None });
-    t.read_epoch += 1;
+    let reader = t.read.end(end);
     update_active(lp, id);
-    if let ReadSide::Reading(Some(mut cb)) = previous {
-        cb(lp, result);
+    if let Some((mut cb, heard)) = reader {
+        cb(lp, heard);
     }
 }
 
@@ -65,7 +50,7 @@ pub(super) fn read_loop(lp: &mut Loop, id: RawId, short_read_drains: bool) {
     let mut budget = READ_BUDGET;
     loop {
         match state(lp, id) {
-            Ok(t) if matches!(t.read, ReadSide::Reading(Some(_))) && t.connected() => {}
+            Ok(t) if t.read.can_deliver() && t.connected() => {}
             _ => return,
         }
         let mut buf = lp.take_read_buf();
@@ -101,20 +86,12 @@ pub(super) fn read_loop(lp: &mut Loop, id: RawId, short_read_drains: bool) {
         };
         lp.put_read_buf(buf);
         let n = data.len();
-        let Ok(t) = state(lp, id) else { return };
-        let epoch = t.read_epoch;
-        let ReadSide::Reading(slot) = &mut t.read else {
+        let Some(mut taken) = state(lp, id).ok().and_then(|t| t.read.take()) else {
             return;
         };
-        let Some(mut cb) = slot.take() else { return };
-        cb(lp, Ok(Some(data)));
-        match state(lp, id) {
-            Ok(t) if t.read_epoch == epoch => {
-                if let ReadSide::Reading(slot @ None) = &mut t.read {
-                    *slot = Some(cb);
-                }
-            }
-            _ => {}
+        (taken.cb)(lp, Ok(Some(data)));
+        if let Ok(t) = state(lp, id) {
+            t.read.restore(taken);
         }
         if n < room && short_read_drains {
             return; // the socket is drained; new data brings a new edge
@@ -133,8 +110,7 @@ pub(super) fn read_loop(lp: &mut Loop, id: RawId, short_read_drains: bool) {
 /// callback), the reader must still see the reset, not a clean EOF. `EPIPE` is not such
 /// an error: it only means the error was reported already.
 fn lost_connection(t: &StreamState) -> Option<Error> {
-    t.out
-        .error
+    t.write_error
         .clone()
         .filter(|e| e.io_kind().is_some_and(|k| k != io::ErrorKind::BrokenPipe))
 }

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Tls, pump, st};
+use crate::error::Timeout;
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
 use crate::handle::RawId;
@@ -92,18 +93,16 @@ fn arm<S: Stream>(lp: &mut Loop, id: RawId, after: Duration) -> Result<()> {
 fn check<S: Stream>(lp: &mut Loop, id: RawId) {
     let now = lp.now();
     let Some(t) = st::<S>(lp, id) else { return };
-    let (Some(timeout), None) = (t.idle.timeout, &t.failed) else {
+    let (Some(timeout), None) = (t.idle.timeout, &t.failure) else {
         return;
     };
     let idle = now.saturating_duration_since(t.idle.last.unwrap_or(now));
     if idle >= timeout {
         t.idle.timeout = None;
-        t.failed = Some(Error::TimedOut(crate::error::Timeout::Idle));
-        pump::<S>(lp, id, true);
-    } else if let Err(e) = arm::<S>(lp, id, timeout - idle)
-        && let Some(t) = st::<S>(lp, id)
-    {
-        t.failed.get_or_insert(e);
-        pump::<S>(lp, id, true);
+        pump::fail::<S>(lp, id, Error::TimedOut(Timeout::Idle));
+        pump::pump::<S>(lp, id, true);
+    } else if let Err(e) = arm::<S>(lp, id, timeout - idle) {
+        pump::fail::<S>(lp, id, e);
+        pump::pump::<S>(lp, id, true);
     }
 }

@@ -1,0 +1,350 @@
+//! The pump: one function that moves everything, and the failure path.
+//!
+//! [`pump`] advances the handshake, encrypts queued plaintext, hands new ciphertext to
+//! the inner stream as one write, completes acknowledged writes, turns inner reading on
+//! or off, and (only when called from the loop) reports the handshake and delivers
+//! plaintext. It is re-entrancy guarded: a user callback that calls back into the handle
+//! (a write from the read callback) only marks the pump to go round once more. User
+//! callbacks run only from pumps started by the loop (inner stream callbacks, timers,
+//! deferred pumps), never inside a user's call.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use super::write_path::Encrypt;
+use super::{Handshake, InnerRead, Pump, Shutdown, Tls, TlsState, as_owner, read_path, st, st_any};
+use crate::error::{Error, Result};
+use crate::event_loop::{DoneCb, Loop};
+use crate::handle::RawId;
+use crate::stream::{ReadResult, Stream};
+use crate::tls::session::TlsSession;
+
+/// Runs [`progress`] until nothing asked for another round. `from_loop` is true when
+/// called from the loop: only then may user callbacks run.
+pub(super) fn pump<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
+    {
+        let Some(t) = st::<S>(lp, id) else { return };
+        if t.pump != Pump::Idle {
+            t.pump = Pump::Again;
+            if from_loop {
+                // The running pump may be a user call's, which delivers nothing.
+                lp.defer(move |lp| pump::<S>(lp, id, true));
+            }
+            return;
+        }
+        t.pump = Pump::Running;
+    }
+    loop {
+        progress::<S>(lp, id, from_loop);
+        let Some(t) = st::<S>(lp, id) else { return };
+        if t.pump == Pump::Again {
+            t.pump = Pump::Running;
+        } else {
+            t.pump = Pump::Idle;
+            return;
+        }
+    }
+}
+
+/// The session as the write path sees it.
+struct Session<'a> {
+    session: &'a mut TlsSession,
+    cipher_sent: u64,
+}
+
+impl Encrypt for Session<'_> {
+    fn encrypt(&mut self, data: &[u8]) -> Result<usize> {
+        self.session.write(data)
+    }
+
+    fn cipher_position(&self) -> u64 {
+        self.cipher_sent + self.session.buffered_ciphertext_out() as u64
+    }
+}
+
+fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
+    let now = lp.now();
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.failure.is_none() && matches!(t.handshake, Handshake::Running { .. }) {
+        match t.session.handshake() {
+            Ok(true) => {
+                let Handshake::Running { timer } =
+                    std::mem::replace(&mut t.handshake, Handshake::Done)
+                else {
+                    return;
+                };
+                t.counters.handshake_duration =
+                    Some(now.saturating_duration_since(t.counters.created));
+                if let Some(timer) = timer {
+                    timer.close(lp);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => fail::<S>(lp, id, e),
+        }
+    }
+    if let Err(e) = encrypt::<S>(lp, id) {
+        fail::<S>(lp, id, e);
+    }
+    // Handshake messages, alerts (also those of a failure), records, close_notify.
+    flush::<S>(lp, id, false);
+    complete_acked::<S>(lp, id, false);
+    update_inner_reading::<S>(lp, id);
+    if from_loop {
+        report_handshake::<S>(lp, id);
+        read_path::deliver::<S>(lp, id);
+    } else if st::<S>(lp, id).is_some_and(|t| needs_loop(t)) {
+        lp.defer(move |lp| pump::<S>(lp, id, true));
+    }
+}
+
+/// Whether a callback is due that only a pump from the loop may run.
+fn needs_loop<S: Stream>(t: &TlsState<S>) -> bool {
+    (t.on_handshake.is_some() && t.handshake_outcome().is_some())
+        || (t.failure.is_some() && t.read.is_reading())
+}
+
+/// Runs the handshake callback once the outcome is known (from the loop).
+fn report_handshake<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    let Some(outcome) = t.handshake_outcome() else {
+        return;
+    };
+    if let Some(cb) = t.on_handshake.take() {
+        cb(lp, Tls(id, std::marker::PhantomData), outcome);
+    }
+}
+
+/// Encrypts queued plaintext (after the handshake) into the session's output, and queues
+/// close_notify once a requested shutdown's writes are all encrypted.
+fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
+    let Some(t) = st::<S>(lp, id) else {
+        return Ok(());
+    };
+    if t.failure.is_some() || !matches!(t.handshake, Handshake::Done) {
+        return Ok(());
+    }
+    if t.writes.has_pending() {
+        // Encrypt into the loop's output buffer (reclaimed in place when the ciphertext
+        // split off it last time has been written and dropped), with room for all of it:
+        // one allocation instead of a copy per doubling. Each record adds at most
+        // 5 (header) + 1 (content type) + 16 (tag) bytes in TLS 1.3, 5 + 8 + 16 in 1.2.
+        let spare = std::mem::take(&mut lp.cipher_buf);
+        let Some(t) = st::<S>(lp, id) else {
+            return Ok(());
+        };
+        if let Some(unused) = t.session.provide_output_buffer(spare) {
+            lp.cipher_buf = unused;
+        }
+        let Some(t) = st::<S>(lp, id) else {
+            return Ok(());
+        };
+        let pending = t.writes.pending_bytes();
+        t.session
+            .reserve_ciphertext(pending + pending.div_ceil(super::RECORD) * 32);
+        let mut stage = Vec::new();
+        let mut session = Session {
+            cipher_sent: t.writes.cipher_sent(),
+            session: &mut t.session,
+        };
+        t.writes.encrypt(&mut session, &mut stage)?;
+    }
+    let Some(t) = st::<S>(lp, id) else {
+        return Ok(());
+    };
+    if !t.writes.has_pending() && matches!(t.shutdown, Shutdown::Queued(_)) {
+        t.session.shutdown()?;
+    }
+    Ok(())
+}
+
+/// Hands all ciphertext the session produced to the inner stream as one write, and
+/// performs a requested shutdown after its close_notify. `generated`: the ciphertext
+/// came from reading (KeyUpdate replies, alerts), which is bounded.
+pub(super) fn flush<S: Stream>(lp: &mut Loop, id: RawId, generated: bool) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    let inner = t.inner;
+    let data = t.session.take_ciphertext();
+    // The session keeps no buffer between flushes; the loop keeps the larger one.
+    let spare = t.session.take_output_buffer();
+    if let Some(spare) = spare
+        && spare.capacity() > lp.cipher_buf.capacity()
+    {
+        lp.cipher_buf = spare;
+    }
+    if let Some(data) = data {
+        let Some(t) = st::<S>(lp, id) else { return };
+        let len = data.len();
+        let end = t.writes.sent(len);
+        if generated {
+            t.generated.sent(end, len);
+        }
+        let queued = as_owner(lp, inner, |lp| {
+            inner.write(lp, data, move |lp, _, r| {
+                on_inner_written::<S>(lp, id, end, r)
+            })
+        });
+        if let Err(e) = queued {
+            fail::<S>(lp, id, e);
+        }
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.session.is_shutdown_sent()
+        && let Shutdown::Queued(_) = t.shutdown
+        && let Shutdown::Queued(cb) = std::mem::replace(&mut t.shutdown, Shutdown::Sent)
+    {
+        // The inner shutdown waits for the close_notify write queued above; its callback
+        // completes ours. If the inner stream refuses, ours completes with its error.
+        let slot: Rc<Cell<Option<DoneCb>>> = Rc::new(Cell::new(Some(cb)));
+        let waiting = Rc::clone(&slot);
+        let shut = as_owner(lp, inner, |lp| {
+            inner.shutdown(lp, move |lp, _, r| {
+                if let Some(cb) = waiting.take() {
+                    cb(lp, r);
+                }
+            })
+        });
+        if let Err(e) = shut {
+            if let Some(cb) = slot.take() {
+                lp.complete(cb, Err(e.clone()));
+            }
+            fail::<S>(lp, id, e);
+        }
+    }
+}
+
+/// The inner stream finished the write of the ciphertext ending at `end`.
+fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>) {
+    let now = lp.now();
+    let Some(t) = st_any::<S>(lp, id) else { return };
+    match r {
+        Ok(()) => {
+            t.idle.touch(now);
+            t.writes.acked(end);
+            let was_over = t.generated.over_limit();
+            t.generated.acked(t.writes.cipher_acked());
+            let resume = was_over && !t.generated.over_limit();
+            complete_acked::<S>(lp, id, true);
+            if resume {
+                update_inner_reading::<S>(lp, id);
+            }
+        }
+        Err(_) if !t.is_open() => {
+            // Closing: the requests this chunk carried were cancelled with it.
+            while let Some(cb) = st_any::<S>(lp, id).and_then(|t| t.writes.pop_done(Some(end))) {
+                cb(lp, Err(Error::Cancelled));
+            }
+        }
+        Err(e) => {
+            fail::<S>(lp, id, e);
+            pump::<S>(lp, id, true);
+        }
+    }
+}
+
+/// Completes the write requests whose last ciphertext byte the inner stream wrote.
+/// `direct`: called from the loop, so callbacks may run now instead of being deferred.
+pub(super) fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
+    while let Some(cb) = st_any::<S>(lp, id).and_then(|t| t.writes.pop_done(None)) {
+        if direct {
+            cb(lp, Ok(()));
+        } else {
+            lp.complete(cb, Ok(()));
+        }
+    }
+}
+
+/// Reads the inner stream while the handshake needs input or the user is reading, and
+/// while the ciphertext that reading produced stays within
+/// [`GENERATED_LIMIT`](super::GENERATED_LIMIT).
+pub(super) fn update_inner_reading<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.inner_read == InnerRead::Ended {
+        return;
+    }
+    let want = t.failure.is_none()
+        && !t.generated.over_limit()
+        && match t.handshake {
+            Handshake::Running { .. } => true,
+            Handshake::Done => t.read.is_reading(),
+            Handshake::Failed => false,
+        };
+    let on = t.inner_read == InnerRead::On;
+    if want == on {
+        return;
+    }
+    t.inner_read = if want { InnerRead::On } else { InnerRead::Off };
+    let inner = t.inner;
+    let result = as_owner(lp, inner, |lp| {
+        if want {
+            inner.start_read(lp, move |lp, _, r| on_inner_read::<S>(lp, id, r))
+        } else {
+            inner.stop_read(lp)
+        }
+    });
+    if let Err(e) = result {
+        if let Some(t) = st::<S>(lp, id) {
+            t.inner_read = InnerRead::Ended;
+        }
+        fail::<S>(lp, id, e);
+    }
+}
+
+fn on_inner_read<S: Stream>(lp: &mut Loop, id: RawId, r: ReadResult) {
+    let now = lp.now();
+    let Some(t) = st::<S>(lp, id) else { return };
+    match r {
+        Ok(Some(data)) => {
+            t.idle.touch(now);
+            t.counters.cipher_received += data.len() as u64;
+            t.session.feed_ciphertext(data);
+        }
+        Ok(None) => {
+            // The session names it: "unexpected eof" in the handshake, `Truncated` or a
+            // clean end after it.
+            t.inner_read = InnerRead::Ended;
+            t.session.feed_eof();
+        }
+        Err(e) => {
+            t.inner_read = InnerRead::Ended;
+            fail::<S>(lp, id, e);
+        }
+    }
+    pump::<S>(lp, id, true);
+}
+
+/// Records the handle's first failure and fails everything waiting that may hear it now:
+/// the writes not yet written and a queued shutdown (from the loop, in order). The
+/// handshake callback and the reader hear it from the next pump run from the loop.
+pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.failure.is_some() {
+        return;
+    }
+    t.failure = Some(err.clone());
+    if let Handshake::Running { timer } = &mut t.handshake {
+        let timer = timer.take();
+        t.handshake = Handshake::Failed;
+        if let Some(timer) = timer {
+            timer.close(lp);
+        }
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    let mut idle = std::mem::take(&mut t.idle);
+    idle.stop(lp);
+    // Requests whose ciphertext was written keep their `Ok`; the rest fail.
+    complete_acked::<S>(lp, id, false);
+    let Some(t) = st::<S>(lp, id) else { return };
+    let failed: Vec<DoneCb> = t.writes.take_all().collect();
+    let shutdown = match std::mem::replace(&mut t.shutdown, Shutdown::Sent) {
+        Shutdown::Queued(cb) => Some(cb),
+        other => {
+            t.shutdown = other;
+            None
+        }
+    };
+    for cb in failed.into_iter().chain(shutdown) {
+        lp.complete(cb, Err(err.clone()));
+    }
+    update_inner_reading::<S>(lp, id);
+}
