@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod echo_server;
+pub mod raw_peer;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
