@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod echo_server;
+pub mod peer;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
