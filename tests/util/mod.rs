@@ -3,6 +3,7 @@
 
 pub mod echo_server;
 pub mod peer;
+pub mod sessions;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
