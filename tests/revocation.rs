@@ -1,17 +1,31 @@
 //! Certificate revocation lists: a server refusing revoked client certificates, our
-//! client refusing a revoked server certificate, leaf-only and whole-chain checking,
-//! and the refusals' typed errors.
+//! client refusing a revoked server certificate (ours in memory, `openssl s_server`, and
+//! the `tls_echo_client` example with `--crl`), leaf-only and whole-chain checking, and
+//! the refusals' typed errors. The server side against `openssl s_client` is in
+//! `tests/sighup.rs` (with a CRL reloaded on SIGHUP).
 
 mod util;
 
+use std::cell::RefCell;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use biotls::Error;
 use biotls::error::{Alert, TlsAlert, VerifyKind};
 use biotls::pki::{Issued, Pki};
-use biotls::tls::{CrlCheck, TlsAcceptor, TlsAcceptorBuilder, TlsConnector, TlsConnectorBuilder};
+use biotls::tls::{
+    CrlCheck, Tls, TlsAcceptor, TlsAcceptorBuilder, TlsConnector, TlsConnectorBuilder,
+};
+use biotls::{Error, Loop, Stream, Tcp};
 use openssl::ssl::SslVersion;
+use util::echo_server::EchoServer;
+use util::example::example_path;
+use util::peer::{TempDir, run_peer, s_server};
 use util::sessions::{Ended, connect};
+use util::{have, run_to_end, run_until};
+
+const LIMIT: Duration = Duration::from_secs(20);
 
 const VERSIONS: [SslVersion; 2] = [SslVersion::TLS1_3, SslVersion::TLS1_2];
 /// `X509_V_ERR_CERT_REVOKED`, `X509_V_ERR_UNABLE_TO_GET_CRL`.
@@ -247,4 +261,92 @@ fn a_crl_file_that_cannot_be_read_names_its_path() {
         matches!(&e, Error::Config(m) if m.contains("/nonexistent/crl.pem")),
         "{e:?}"
     );
+}
+
+/// Our `Tls` client's handshake with the server on `port`.
+fn our_handshake(connector: &TlsConnector, port: u16) -> Result<(), Error> {
+    let mut lp = Loop::new().unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let tcp = Tcp::connect(&mut lp, addr, |_, _, _| {}).unwrap();
+    let tls = Tls::client(&mut lp, tcp, connector, "localhost").unwrap();
+    let result: Rc<RefCell<Option<Result<(), Error>>>> = Rc::default();
+    let r = Rc::clone(&result);
+    tls.on_handshake(&mut lp, move |lp, tls, outcome| {
+        *r.borrow_mut() = Some(outcome);
+        tls.close(lp, |_, _| {});
+    })
+    .unwrap();
+    run_until(&mut lp, LIMIT, || result.borrow().is_some());
+    run_to_end(&mut lp, LIMIT);
+    result.take().expect("a handshake outcome")
+}
+
+#[test]
+fn our_client_refuses_openssl_s_server_with_a_revoked_certificate() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let pki = Pki::generate(&["localhost"]).unwrap();
+    let good = pki.issue_server(&["localhost"]).unwrap();
+    let revoked = pki.issue_server(&["localhost"]).unwrap();
+    let dir = TempDir::new();
+    good.write_to_dir(&dir.0, "good").unwrap();
+    revoked.write_to_dir(&dir.0, "revoked").unwrap();
+    let crl = pki.crl(&[&revoked.chain_pem]).unwrap();
+    for check in [CrlCheck::Leaf, CrlCheck::Chain] {
+        let connector = client_builder(&pki, SslVersion::TLS1_3)
+            .crl_pem(crl.as_bytes(), check)
+            .unwrap()
+            .build();
+        let (_server, port) = s_server(&dir.file("revoked.pem"), &dir.file("revoked.key"), &[]);
+        let e = our_handshake(&connector, port).expect_err("a revoked server was trusted");
+        assert_eq!(
+            e.verify_kind(),
+            Some(VerifyKind::Revoked),
+            "{check:?}: {e:?}"
+        );
+        assert!(e.to_string().contains("X509_V_ERR_CERT_REVOKED"), "{e}");
+        let (_server, port) = s_server(&dir.file("good.pem"), &dir.file("good.key"), &[]);
+        our_handshake(&connector, port).expect("the good server");
+    }
+}
+
+#[test]
+fn tls_echo_client_with_a_crl_refuses_a_revoked_server_and_says_why() {
+    let pki = Pki::generate(&["localhost"]).unwrap();
+    let good = pki.issue_server(&["localhost"]).unwrap();
+    let revoked = pki.issue_server(&["localhost"]).unwrap();
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(
+        dir.0.join("crl.pem"),
+        pki.crl(&[&revoked.chain_pem]).unwrap(),
+    )
+    .unwrap();
+    let client = |port: u16| {
+        run_peer(
+            Command::new(example_path("tls_echo_client"))
+                .args([
+                    "--connect",
+                    &format!("127.0.0.1:{port}"),
+                    "--bytes",
+                    "65536",
+                ])
+                .args(["--ca", &dir.file("ca.pem"), "--crl", &dir.file("crl.pem")]),
+            b"",
+            None,
+            LIMIT,
+        )
+    };
+
+    let server = EchoServer::start(acceptor_builder(&revoked).build());
+    let ran = client(server.port);
+    assert!(ran.status.is_some_and(|s| s.code() == Some(1)), "{ran:#?}");
+    assert!(ran.stderr.contains("X509_V_ERR_CERT_REVOKED"), "{ran:#?}");
+    assert!(ran.stderr.contains("on the CRL"), "no hint: {ran:#?}");
+
+    let server = EchoServer::start(acceptor_builder(&good).build());
+    let ran = client(server.port);
+    assert!(ran.status.is_some_and(|s| s.success()), "{ran:#?}");
+    assert!(ran.stdout.contains("verified 65536 bytes"), "{ran:#?}");
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod echo_server;
+pub mod example;
 pub mod peer;
 pub mod sessions;
 

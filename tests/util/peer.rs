@@ -25,7 +25,7 @@ impl TempDir {
             .unwrap_or_default()
             .subsec_nanos();
         let dir = std::env::temp_dir().join(format!(
-            "biotls-interop-{}-{}-{nanos}",
+            "biotls-test-{}-{}-{nanos}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
