@@ -59,7 +59,9 @@ pub struct TlsAcceptor {
 
 struct Shared {
     /// The current configuration. Read once per accepted connection (a read lock and a
-    /// reference count increment), written by `replace`.
+    /// reference count increment): measured at 9 ns in a release build, 20 to 100 ns
+    /// with two threads reading at once in a tight loop, against about 850 µs for a full
+    /// TLS 1.3 handshake pair in memory. Written by `replace`.
     current: RwLock<SslContext>,
     tickets: Arc<TicketKeys>,
 }
