@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use biotls::error::{Alert, Timeout, TlsAlert, VerifyKind};
-use biotls::tls::{Tls, TlsConnector};
+use biotls::tls::{CrlCheck, Tls, TlsConnector};
 use biotls::{Async, Error, Loop, Stream, Tcp, Timer};
 use bytes::Bytes;
 use clap::Parser;
@@ -50,6 +50,13 @@ struct Args {
     /// The client certificate's private key (PEM); needs `--cert`.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Refuse a server whose certificate is revoked by the CRLs in this PEM file (the
+    /// issuer of each certificate checked needs a CRL here).
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// With --crl: check every certificate of the server's chain, not only its own.
+    #[arg(long, requires = "crl")]
+    crl_chain: bool,
     /// Give up connecting (and handshaking) after this many seconds.
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     connect_timeout: f64,
@@ -111,11 +118,17 @@ fn explain(e: &Error) -> String {
         (Some(VerifyKind::Expired | VerifyKind::NotYetValid), _, _) => {
             "outside the certificate's validity period: check it and the clocks"
         }
+        (Some(VerifyKind::Revoked), _, _) => {
+            "the server's certificate (or its issuer's) is on the CRL given with --crl"
+        }
         (_, Some(TlsAlert::Received(Alert::CERTIFICATE_REQUIRED)), _) => {
             "the server requires a client certificate: --cert and --key"
         }
         (_, Some(TlsAlert::Received(Alert::UNKNOWN_CA | Alert::BAD_CERTIFICATE)), _) => {
             "the server refused our client certificate"
+        }
+        (_, Some(TlsAlert::Received(Alert::CERTIFICATE_REVOKED)), _) => {
+            "the server's CRL revokes our client certificate"
         }
         (_, Some(TlsAlert::Received(Alert::PROTOCOL_VERSION)), _) => {
             "no TLS version in common (this client speaks TLS 1.2 and 1.3)"
@@ -133,6 +146,14 @@ fn connector(args: &Args) -> biotls::Result<TlsConnector> {
     let mut builder = TlsConnector::builder()?.ca_file(&args.ca)?;
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         builder = builder.client_cert_files(cert, key)?;
+    }
+    if let Some(crl) = &args.crl {
+        let check = if args.crl_chain {
+            CrlCheck::Chain
+        } else {
+            CrlCheck::Leaf
+        };
+        builder = builder.crl_file(crl, check)?;
     }
     Ok(builder.build())
 }

@@ -9,9 +9,16 @@
 //! resumption (TLS 1.3 tickets, TLS 1.2 tickets and session ids) is on unless
 //! `--no-resumption`. Each connection's statistics are logged when it closes.
 //!
+//! SIGHUP reloads `--cert`, `--key`, `--sni`, `--client-ca` and `--crl` from their files
+//! (`TlsAcceptor::replace`): connections accepted afterwards, on every loop, use the new
+//! configuration, established ones keep theirs, and session tickets from before still
+//! resume. One line is logged: the new certificate's subject, serial and expiry, or why
+//! the previous configuration was kept (an unreadable file, bad PEM, a key that does not
+//! match, an expired certificate or CRL).
+//!
 //! One misbehaving client (garbage, a failed handshake, a reset) ends only its own
 //! connection. Ctrl-C or SIGTERM stops the server with exit code 0; a bind or
-//! certificate error exits with 1 and says why.
+//! certificate error at start-up exits with 1 and says why.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -22,14 +29,15 @@ use std::sync::mpsc;
 
 use biotls::echo::{EchoEnd, EchoOptions, echo_with};
 use biotls::error::{Alert, Timeout, TlsAlert};
-use biotls::signal::{SIGINT, SIGTERM};
-use biotls::tls::{Tls, TlsAcceptor};
+use biotls::signal::{SIGHUP, SIGINT, SIGTERM};
+use biotls::tls::{CrlCheck, Tls, TlsAcceptor, TlsAcceptorBuilder};
 use biotls::{Async, AsyncSender, Error, ListenOptions, Loop, Signal, Stream, Tcp, TcpListener};
 use clap::Parser;
 use openssl::ssl::SslSessionCacheMode;
+use openssl::x509::X509;
 
 /// Echo everything each TLS client sends back to it.
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
@@ -43,6 +51,13 @@ struct Args {
     /// Require client certificates issued by the CAs in this PEM file (mutual TLS).
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// Refuse client certificates revoked by the CRLs in this PEM file (needs
+    /// --client-ca; each client certificate's issuer needs a CRL here).
+    #[arg(long, value_name = "FILE", requires = "client_ca")]
+    crl: Option<PathBuf>,
+    /// With --crl: check every certificate of the client's chain, not only its own.
+    #[arg(long, requires = "crl")]
+    crl_chain: bool,
     /// Event loops, one thread each, sharing the port (SO_REUSEPORT).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     loops: u16,
@@ -84,7 +99,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn acceptor(args: &Args) -> biotls::Result<TlsAcceptor> {
+/// The configuration the arguments describe, read from the files as they are now (at
+/// start-up, and again on every SIGHUP).
+fn configuration(args: &Args) -> biotls::Result<TlsAcceptorBuilder> {
     let mut builder = TlsAcceptor::builder_from_files(&args.cert, &args.key)?;
     for (name, cert, key) in &args.sni {
         builder = builder.sni_certificate_files(name, cert, key)?;
@@ -92,13 +109,20 @@ fn acceptor(args: &Args) -> biotls::Result<TlsAcceptor> {
     if let Some(ca) = &args.client_ca {
         builder = builder.require_client_cert_file(ca)?;
     }
+    if let Some(crl) = &args.crl {
+        let check = if args.crl_chain {
+            CrlCheck::Chain
+        } else {
+            CrlCheck::Leaf
+        };
+        builder = builder.crl_file(crl, check)?;
+    }
     if !args.alpn.is_empty() {
         let protocols: Vec<&[u8]> = args.alpn.iter().map(|p| p.as_bytes()).collect();
         builder = builder.alpn_protocols(&protocols)?;
     }
     if let Some(path) = &args.keylog {
         builder = builder.keylog_file(path)?;
-        log::warn!("writing TLS secrets to {} (debugging only)", path.display());
     }
     if args.no_resumption {
         let ctx = builder.context_builder_mut();
@@ -107,7 +131,45 @@ fn acceptor(args: &Args) -> biotls::Result<TlsAcceptor> {
             .map_err(|e| biotls::Error::Config(e.to_string()))?;
         ctx.set_options(openssl::ssl::SslOptions::NO_TICKET);
     }
-    Ok(builder.build())
+    Ok(builder)
+}
+
+/// A certificate for the log: subject, serial number and expiry.
+fn describe(cert: Option<X509>) -> String {
+    let Some(cert) = cert else {
+        return "no certificate".to_owned();
+    };
+    let subject: Vec<String> = cert
+        .subject_name()
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e.data().to_string().unwrap_or_else(|_| "?".to_owned());
+            format!("{key}={value}")
+        })
+        .collect();
+    let serial = cert
+        .serial_number()
+        .to_bn()
+        .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
+        .unwrap_or_else(|_| "?".to_owned());
+    format!(
+        "{}, serial {serial}, expires {}",
+        subject.join(", "),
+        cert.not_after()
+    )
+}
+
+/// SIGHUP: reads the files again and replaces the configuration of every loop, or keeps
+/// the previous one; logs one line either way.
+fn reload(args: &Args, acceptor: &TlsAcceptor) {
+    match configuration(args).and_then(|builder| acceptor.replace(builder)) {
+        Ok(()) => log::info!(
+            "SIGHUP: reloaded configuration: serving {}",
+            describe(acceptor.certificate())
+        ),
+        Err(e) => log::error!("SIGHUP: kept the previous configuration: {e}"),
+    }
 }
 
 /// Binds one loop's listener and serves TLS echo on it.
@@ -134,7 +196,10 @@ fn listen(
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let acceptor = acceptor(args).map_err(|e| e.to_string())?;
+    let acceptor = configuration(args).map_err(|e| e.to_string())?.build();
+    if let Some(path) = &args.keylog {
+        log::warn!("writing TLS secrets to {} (debugging only)", path.display());
+    }
     let mut lp = Loop::new().map_err(|e| e.to_string())?;
     let listener = listen(&mut lp, args.listen, args.loops, acceptor.clone(), 0)?;
     // Port 0 picked a port: the other loops bind that one.
@@ -177,11 +242,20 @@ fn run(args: &Args) -> Result<(), String> {
         workers.push(thread);
     }
 
+    // Every loop holds a clone of `acceptor`: one replacement reaches them all.
+    let hup = Signal::new(&mut lp).map_err(|e| e.to_string())?;
+    let reload_args = args.clone();
+    let current = acceptor.clone();
+    hup.start(&mut lp, &[SIGHUP], move |_, _, _| {
+        reload(&reload_args, &current)
+    })
+    .map_err(|e| e.to_string())?;
     let signal = Signal::new(&mut lp).map_err(|e| e.to_string())?;
     signal
         .start(&mut lp, &[SIGINT, SIGTERM], move |lp, signal, signum| {
             log::info!("signal {signum}: shutting down");
             listener.close(lp);
+            hup.close(lp);
             signal.close(lp);
             for stop in &stops {
                 let _ = stop.send();

@@ -1,38 +1,39 @@
-//! TLS configuration: [`TlsAcceptor`] for servers, [`TlsConnector`] for clients.
+//! TLS client configuration ([`TlsConnector`]), and the helpers it shares with the
+//! server's ([`TlsAcceptor`](super::TlsAcceptor), in `tls/acceptor.rs`): reading PEM
+//! files, identities, ALPN lists, key logs.
 //!
-//! Both wrap a reference-counted OpenSSL `SSL_CTX`, so cloning them is cheap and one
-//! configuration serves any number of sessions.
+//! A `TlsConnector` wraps a reference-counted OpenSSL `SSL_CTX`, so cloning it is cheap
+//! and one configuration serves any number of sessions.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use openssl::pkey::PKey;
 use std::sync::{Arc, Mutex};
 
+use openssl::pkey::PKey;
 use openssl::ssl::{
-    AlpnError, NameType, SniError, SslAcceptor, SslAcceptorBuilder, SslConnector, SslContext,
-    SslContextBuilder, SslContextRef, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
-    SslVerifyMode, SslVersion,
+    SslConnector, SslContextBuilder, SslContextRef, SslMethod, SslMode, SslOptions,
+    SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 
 use super::ossl::{self, stack_message};
 use super::resume::{self, SessionCache};
+use super::revocation::{self, CrlCheck};
 use crate::{Error, Result};
 
-/// Session id context for server-side session caching (needed for resumption when
-/// client certificates are verified).
-const SESSION_ID_CONTEXT: &[u8] = b"biotls";
+// The acceptor moved to its own module; the handle still imports it from here.
+pub(super) use super::acceptor::TlsAcceptor;
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(super) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
 /// Runs `f`, prefixing its configuration error with `path`.
-fn with_path<T>(path: &Path, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+pub(super) fn with_path<T>(path: &Path, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
     let data = read_file(path)?;
     f(&data).map_err(|e| match e {
         Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
@@ -40,7 +41,7 @@ fn with_path<T>(path: &Path, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
     })
 }
 
-fn parse_certs(what: &str, pem: &[u8]) -> Result<Vec<X509>> {
+pub(super) fn parse_certs(what: &str, pem: &[u8]) -> Result<Vec<X509>> {
     let certs = X509::stack_from_pem(pem)
         .map_err(|e| Error::Config(format!("{what}: {}", stack_message(&e))))?;
     if certs.is_empty() {
@@ -51,8 +52,13 @@ fn parse_certs(what: &str, pem: &[u8]) -> Result<Vec<X509>> {
     Ok(certs)
 }
 
-/// Installs a certificate chain (leaf first) and its private key into `ctx`.
-fn set_identity(ctx: &mut SslContextBuilder, chain_pem: &[u8], key_pem: &[u8]) -> Result<()> {
+/// Installs a certificate chain (leaf first) and its private key into `ctx`; returns the
+/// leaf.
+pub(super) fn set_identity(
+    ctx: &mut SslContextBuilder,
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<X509> {
     let mut certs = parse_certs("certificate chain", chain_pem)?.into_iter();
     let leaf = certs
         .next()
@@ -72,7 +78,8 @@ fn set_identity(ctx: &mut SslContextBuilder, chain_pem: &[u8], key_pem: &[u8]) -
             "private key does not match the certificate: {}",
             stack_message(&e)
         ))
-    })
+    })?;
+    Ok(leaf)
 }
 
 /// Adds every certificate in `pem` to `ctx`'s trust store; returns them.
@@ -130,7 +137,7 @@ fn load_system_roots(ctx: &mut SslContextBuilder) -> usize {
 }
 
 /// Encodes ALPN protocol names in the wire format (each prefixed by its length).
-fn alpn_wire(protocols: &[&[u8]]) -> Result<Vec<u8>> {
+pub(super) fn alpn_wire(protocols: &[&[u8]]) -> Result<Vec<u8>> {
     if protocols.is_empty() {
         return Err(Error::config("ALPN: empty protocol list"));
     }
@@ -147,7 +154,7 @@ fn alpn_wire(protocols: &[&[u8]]) -> Result<Vec<u8>> {
 }
 
 /// Splits an ALPN wire-format list into its names (a malformed tail is ignored).
-fn alpn_names(mut wire: &[u8]) -> Vec<&[u8]> {
+pub(super) fn alpn_names(mut wire: &[u8]) -> Vec<&[u8]> {
     let mut names = Vec::new();
     while let Some((&len, rest)) = wire.split_first() {
         let Some((name, tail)) = rest.split_at_checked(len as usize) else {
@@ -160,10 +167,10 @@ fn alpn_names(mut wire: &[u8]) -> Vec<&[u8]> {
 }
 
 /// A key log file shared by every context that logs to it.
-type KeyLog = Arc<Mutex<File>>;
+pub(super) type KeyLog = Arc<Mutex<File>>;
 
 /// Opens (creates, appends to) a key log file.
-fn open_keylog(path: &Path) -> Result<KeyLog> {
+pub(super) fn open_keylog(path: &Path) -> Result<KeyLog> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -173,7 +180,7 @@ fn open_keylog(path: &Path) -> Result<KeyLog> {
 }
 
 /// Makes `ctx` append each secret it derives to `log`, one NSS key log line each.
-fn set_keylog(ctx: &mut SslContextBuilder, log: KeyLog) {
+pub(super) fn set_keylog(ctx: &mut SslContextBuilder, log: KeyLog) {
     ctx.set_keylog_callback(move |_, line| {
         // One `write` per line: appends from several contexts or processes do not mix.
         let mut text = String::with_capacity(line.len() + 1);
@@ -184,332 +191,6 @@ fn set_keylog(ctx: &mut SslContextBuilder, log: KeyLog) {
         {
             log::warn!("biotls: key log: {e}");
         }
-    });
-}
-
-/// A server's ALPN selection callback: the SNI name (if any) and the client's offers, in
-/// the client's order; returns the chosen protocol or `None` to refuse the connection.
-type AlpnSelect = dyn for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync;
-
-/// Server-side TLS configuration: a certificate chain, its key, and policy.
-///
-/// Cheap to clone (it wraps a reference-counted `SSL_CTX`). Create sessions with
-/// [`TlsSession::server`](super::TlsSession::server).
-#[derive(Clone)]
-pub struct TlsAcceptor {
-    ctx: SslContext,
-}
-
-impl fmt::Debug for TlsAcceptor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsAcceptor").finish_non_exhaustive()
-    }
-}
-
-impl TlsAcceptor {
-    /// Starts a server configuration from a PEM certificate chain (leaf first, then
-    /// intermediates) and the leaf's PEM private key.
-    ///
-    /// Defaults: Mozilla's "intermediate" profile (v5: TLS 1.2 minimum, TLS 1.3
-    /// preferred), no compression, no renegotiation, no client certificate requested,
-    /// partial writes enabled.
-    pub fn builder(chain_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptorBuilder> {
-        Ok(TlsAcceptorBuilder {
-            ctx: server_context(chain_pem, key_pem)?,
-            names: Vec::new(),
-            alpn: None,
-            client_cas: Vec::new(),
-            keylog: None,
-        })
-    }
-
-    /// Like [`builder`](Self::builder), reading the chain and the key from PEM files.
-    pub fn builder_from_files(
-        chain: impl AsRef<Path>,
-        key: impl AsRef<Path>,
-    ) -> Result<TlsAcceptorBuilder> {
-        let (chain, key) = (chain.as_ref(), key.as_ref());
-        let chain_pem = read_file(chain)?;
-        let key_pem = read_file(key)?;
-        Self::builder(&chain_pem, &key_pem).map_err(|e| match e {
-            Error::Config(msg) => {
-                Error::Config(format!("{} / {}: {msg}", chain.display(), key.display()))
-            }
-            other => other,
-        })
-    }
-
-    /// A server configuration with the defaults of [`builder`](Self::builder), from PEM
-    /// files.
-    pub fn from_pem_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
-        Ok(Self::builder_from_files(chain, key)?.build())
-    }
-
-    /// The OpenSSL context.
-    pub fn context(&self) -> &SslContext {
-        &self.ctx
-    }
-}
-
-/// A server context with the defaults of [`TlsAcceptor::builder`] and one identity.
-fn server_context(chain_pem: &[u8], key_pem: &[u8]) -> Result<SslAcceptorBuilder> {
-    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
-        .map_err(|e| Error::Config(format!("TLS server context: {}", stack_message(&e))))?;
-    set_identity(&mut builder, chain_pem, key_pem)?;
-    builder.set_mode(
-        SslMode::ENABLE_PARTIAL_WRITE
-            | SslMode::ACCEPT_MOVING_WRITE_BUFFER
-            | SslMode::RELEASE_BUFFERS,
-    );
-    builder.set_options(SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION);
-    builder
-        .set_session_id_context(SESSION_ID_CONTEXT)
-        .map_err(|e| Error::Config(format!("session id context: {}", stack_message(&e))))?;
-    Ok(builder)
-}
-
-/// Builds a [`TlsAcceptor`].
-///
-/// Settings made with its methods apply to the default certificate's context and to
-/// every per-name context added with [`sni_certificate`](Self::sni_certificate) alike.
-pub struct TlsAcceptorBuilder {
-    /// The default certificate's context (also the session and ticket-key context).
-    ctx: SslAcceptorBuilder,
-    /// SNI name (lowercase, possibly `*.domain`) -> its context, in the order added.
-    names: Vec<(String, SslAcceptorBuilder)>,
-    alpn: Option<Arc<AlpnSelect>>,
-    /// CAs for client certificates (mutual TLS), if required.
-    client_cas: Vec<X509>,
-    keylog: Option<KeyLog>,
-}
-
-impl fmt::Debug for TlsAcceptorBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsAcceptorBuilder").finish_non_exhaustive()
-    }
-}
-
-impl TlsAcceptorBuilder {
-    /// Requires clients to present a certificate issued by one of the CAs in `ca_pem`
-    /// (mutual TLS). The handshake fails if the client sends none or an untrusted one.
-    /// The CAs are also sent to clients as the list of acceptable issuers.
-    pub fn require_client_cert(mut self, ca_pem: &[u8]) -> Result<Self> {
-        let cas = parse_certs("client CA", ca_pem)?;
-        require_client_cas(&mut self.ctx, &cas)?;
-        for (_, named) in &mut self.names {
-            require_client_cas(named, &cas)?;
-        }
-        self.client_cas.extend(cas);
-        Ok(self)
-    }
-
-    /// Like [`require_client_cert`](Self::require_client_cert), reading the CAs from a
-    /// PEM file.
-    pub fn require_client_cert_file(self, path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        with_path(path, |pem| self.require_client_cert(pem))
-    }
-
-    /// Negotiates ALPN (RFC 7301) with the server's `protocols`, in the server's order of
-    /// preference: the first of them that the client also offers is selected.
-    ///
-    /// A client that offers none of them is refused with a `no_application_protocol`
-    /// alert; a client that offers no ALPN at all is served without a protocol. Without
-    /// this call (or [`alpn_select`](Self::alpn_select)) the server ignores what clients
-    /// offer. The choice is in [`SessionInfo::alpn`](super::SessionInfo::alpn).
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an empty list or a name that is empty or over 255 bytes.
-    ///
-    /// # Examples
-    /// ```no_run
-    /// use biotls::tls::TlsAcceptor;
-    ///
-    /// let acceptor = TlsAcceptor::builder_from_files("certs/server.pem", "certs/server.key")?
-    ///     .alpn_protocols(&[b"h2", b"http/1.1"])?
-    ///     .build();
-    /// # let _ = acceptor;
-    /// # Ok::<(), biotls::Error>(())
-    /// ```
-    pub fn alpn_protocols(self, protocols: &[&[u8]]) -> Result<Self> {
-        alpn_wire(protocols)?; // validates the names
-        let ours: Vec<Vec<u8>> = protocols.iter().map(|p| p.to_vec()).collect();
-        Ok(self.alpn_select(move |_, offered| {
-            // Ours first: the server's preference decides.
-            ours.iter()
-                .find_map(|p| offered.iter().find(|o| **o == p.as_slice()).copied())
-        }))
-    }
-
-    /// Selects the ALPN protocol with `select`, called with the SNI name the client sent
-    /// (if any) and the protocols it offers (in its order). Returning `None` refuses the
-    /// connection with a `no_application_protocol` alert. Not called for clients that
-    /// offer no ALPN. Replaces [`alpn_protocols`](Self::alpn_protocols).
-    pub fn alpn_select<F>(mut self, select: F) -> Self
-    where
-        F: for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> + Send + Sync + 'static,
-    {
-        self.alpn = Some(Arc::new(select));
-        self
-    }
-
-    /// Serves the certificate chain `chain_pem` (leaf first) with `key_pem` to clients
-    /// whose SNI name is `name` (case-insensitive; `*.example.com` matches one label).
-    /// Clients sending another name, or none, get the default certificate given to
-    /// [`TlsAcceptor::builder`]. May be called for any number of names; the first match
-    /// wins, exact names before wildcards.
-    ///
-    /// The per-name contexts share every other setting of this builder (ALPN, client
-    /// certificate verification, key logging, session id context), and the session cache
-    /// and ticket keys of the default context. Settings made through
-    /// [`context_builder_mut`](Self::context_builder_mut) apply to the default context only.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an empty name, or a chain or key that cannot be used.
-    ///
-    /// # Examples
-    /// ```no_run
-    /// use biotls::tls::TlsAcceptor;
-    ///
-    /// let acceptor = TlsAcceptor::builder_from_files("certs/server.pem", "certs/server.key")?
-    ///     .sni_certificate_files("api.example.com", "certs/api.pem", "certs/api.key")?
-    ///     .build();
-    /// # let _ = acceptor;
-    /// # Ok::<(), biotls::Error>(())
-    /// ```
-    pub fn sni_certificate(mut self, name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name.is_empty() {
-            return Err(Error::config("SNI certificate: empty server name"));
-        }
-        let ctx = server_context(chain_pem, key_pem).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("SNI certificate for {name}: {msg}")),
-            other => other,
-        })?;
-        self.names.push((name, ctx));
-        Ok(self)
-    }
-
-    /// Like [`sni_certificate`](Self::sni_certificate), reading PEM files.
-    pub fn sni_certificate_files(
-        self,
-        name: &str,
-        chain: impl AsRef<Path>,
-        key: impl AsRef<Path>,
-    ) -> Result<Self> {
-        let (chain, key) = (chain.as_ref(), key.as_ref());
-        let chain_pem = read_file(chain)?;
-        let key_pem = read_file(key)?;
-        self.sni_certificate(name, &chain_pem, &key_pem)
-            .map_err(|e| match e {
-                Error::Config(msg) => {
-                    Error::Config(format!("{} / {}: {msg}", chain.display(), key.display()))
-                }
-                other => other,
-            })
-    }
-
-    /// **Debugging aid**: appends the secrets of every connection to `path` in the
-    /// SSLKEYLOGFILE format of NSS (one `LABEL <client random> <secret>` line per
-    /// secret), which lets Wireshark and similar tools decrypt a packet capture of the
-    /// traffic. Off by default; anyone who can read the file can decrypt the connections,
-    /// so never turn it on in production. The file is created if missing and written
-    /// from the loop thread (one small blocking write per secret).
-    ///
-    /// # Errors
-    /// [`Error::Config`] if the file cannot be opened for appending.
-    pub fn keylog_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
-        self.keylog = Some(open_keylog(path.as_ref())?);
-        Ok(self)
-    }
-
-    /// The underlying OpenSSL context builder of the default certificate, for settings
-    /// this builder does not wrap (verify callbacks, groups, ...).
-    pub fn context_builder_mut(&mut self) -> &mut SslContextBuilder {
-        &mut self.ctx
-    }
-
-    /// Finishes the configuration.
-    pub fn build(self) -> TlsAcceptor {
-        let TlsAcceptorBuilder {
-            mut ctx,
-            names,
-            alpn,
-            keylog,
-            ..
-        } = self;
-        let mut exact: Vec<(String, SslContext)> = Vec::new();
-        let mut wildcard: Vec<(String, SslContext)> = Vec::new();
-        for (name, mut named) in names {
-            if let Some(select) = &alpn {
-                set_alpn_select(&mut named, Arc::clone(select));
-            }
-            if let Some(log) = &keylog {
-                set_keylog(&mut named, Arc::clone(log));
-            }
-            let built = named.build().into_context();
-            match name.strip_prefix("*.") {
-                Some(domain) => wildcard.push((domain.to_owned(), built)),
-                None => exact.push((name, built)),
-            }
-        }
-        if let Some(select) = alpn {
-            set_alpn_select(&mut ctx, select);
-        }
-        if let Some(log) = keylog {
-            set_keylog(&mut ctx, log);
-        }
-        if !exact.is_empty() || !wildcard.is_empty() {
-            ctx.set_servername_callback(move |ssl, _alert| {
-                let Some(name) = ssl.servername(NameType::HOST_NAME) else {
-                    return Ok(()); // no SNI: the default certificate
-                };
-                let name = name.trim_end_matches('.').to_ascii_lowercase();
-                let parent = name.split_once('.').map(|(_, rest)| rest);
-                let found = exact
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .or_else(|| wildcard.iter().find(|(d, _)| Some(d.as_str()) == parent));
-                match found {
-                    // Switches certificate and key (and the verify store, which holds the
-                    // same CAs); the session cache and ticket keys stay the default's.
-                    Some((_, named)) => ssl
-                        .set_ssl_context(named)
-                        .map_err(|_| SniError::ALERT_FATAL),
-                    None => Ok(()), // an unknown name: the default certificate
-                }
-            });
-        }
-        TlsAcceptor {
-            ctx: ctx.build().into_context(),
-        }
-    }
-}
-
-/// Makes `ctx` require client certificates issued by `cas`, and name them to clients.
-fn require_client_cas(ctx: &mut SslContextBuilder, cas: &[X509]) -> Result<()> {
-    for ca in cas {
-        let added = ctx
-            .cert_store_mut()
-            .add_cert(ca.clone())
-            .and_then(|()| ctx.add_client_ca(ca));
-        added.map_err(|e| Error::Config(format!("client CA: {}", stack_message(&e))))?;
-    }
-    // The callback keeps OpenSSL's verdict; it records where a chain failed.
-    ctx.set_verify_callback(
-        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
-        ossl::record_verify_depth,
-    );
-    Ok(())
-}
-
-/// Installs the ALPN selection callback on a server context.
-fn set_alpn_select(ctx: &mut SslContextBuilder, select: Arc<AlpnSelect>) {
-    ctx.set_alpn_select_callback(move |ssl, client| {
-        let offered = alpn_names(client);
-        let name = ssl.servername(NameType::HOST_NAME);
-        // RFC 7301 3.2: no protocol in common is a fatal no_application_protocol alert.
-        select(name, &offered).ok_or(AlpnError::ALERT_FATAL)
     });
 }
 
@@ -566,6 +247,7 @@ impl TlsConnector {
             roots_configured: false,
             verify: true,
             resumption: true,
+            crl_check: None,
         })
     }
 
@@ -598,6 +280,7 @@ pub struct TlsConnectorBuilder {
     roots_configured: bool,
     verify: bool,
     resumption: bool,
+    crl_check: Option<CrlCheck>,
 }
 
 impl fmt::Debug for TlsConnectorBuilder {
@@ -605,6 +288,7 @@ impl fmt::Debug for TlsConnectorBuilder {
         f.debug_struct("TlsConnectorBuilder")
             .field("roots_configured", &self.roots_configured)
             .field("verify", &self.verify)
+            .field("crl_check", &self.crl_check)
             .finish_non_exhaustive()
     }
 }
@@ -659,6 +343,47 @@ impl TlsConnectorBuilder {
                 }
                 other => other,
             })
+    }
+
+    /// Checks the server's certificate chain against the certificate revocation lists in
+    /// `crl_pem` (one or more PEM `X509 CRL` blocks): a server whose certificate is
+    /// revoked fails the handshake with [`Error::Verification`] of kind
+    /// [`VerifyKind::Revoked`](crate::error::VerifyKind::Revoked). `check` says which
+    /// certificates of the chain are checked (if called several times,
+    /// [`CrlCheck::Chain`] wins).
+    ///
+    /// OCSP is not checked. Each certificate checked needs a CRL from its issuer here,
+    /// else the handshake fails (`X509_V_ERR_UNABLE_TO_GET_CRL`): with
+    /// [`system_roots`](Self::system_roots), that is every public CA a server may use.
+    /// A CRL past its `nextUpdate` fails every handshake it applies to.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `crl_pem` holds no CRL, one that does not parse, or one that
+    /// is not valid now (`thisUpdate` in the future, `nextUpdate` past).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::{CrlCheck, TlsConnector};
+    ///
+    /// let connector = TlsConnector::builder()?
+    ///     .ca_file("certs/ca.pem")?
+    ///     .crl_file("certs/crl.pem", CrlCheck::Chain)?
+    ///     .build();
+    /// # let _ = connector;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn crl_pem(mut self, crl_pem: &[u8], check: CrlCheck) -> Result<Self> {
+        let crls = revocation::parse_crls(crl_pem)?;
+        let check = self.crl_check.map_or(check, |c| c.max(check));
+        revocation::apply(&mut self.ctx, &crls, check)?;
+        self.crl_check = Some(check);
+        Ok(self)
+    }
+
+    /// Like [`crl_pem`](Self::crl_pem), reading a PEM file.
+    pub fn crl_file(self, path: impl AsRef<Path>, check: CrlCheck) -> Result<Self> {
+        let path = path.as_ref();
+        with_path(path, |pem| self.crl_pem(pem, check))
     }
 
     /// **Dangerous**: accepts any server certificate, for any host name.

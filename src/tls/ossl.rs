@@ -1,20 +1,24 @@
 //! OpenSSL glue: reading OpenSSL's error queue, the FFI calls the `openssl` crate does
-//! not bind, and the per-`SSL` record of what the error queue does not say (the alert we
-//! sent, the depth of a failed certificate).
+//! not bind (`SSL_key_update`, adding a CRL to a trust store, the session ticket key
+//! callback), and the per-`SSL` record of what the error queue does not say (the alert
+//! we sent, the depth of a failed certificate).
 //!
 //! This module owns every declared foreign function of the crate; each `unsafe` block is
 //! allowed item by item with its safety argument. It builds no [`Error`](crate::Error)
 //! itself and never panics (its callbacks run inside OpenSSL, across `extern "C"`).
 
-use std::os::raw::c_int;
-use std::sync::OnceLock;
+use std::os::raw::{c_int, c_uchar};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
-use openssl::ssl::{self, ErrorCode, Ssl, SslRef, SslStream};
-use openssl::x509::{X509StoreContext, X509StoreContextRef};
+use openssl::ssl::{self, ErrorCode, Ssl, SslContext, SslContextBuilder, SslRef, SslStream};
+use openssl::x509::store::X509StoreBuilderRef;
+use openssl::x509::{X509CrlRef, X509StoreContext, X509StoreContextRef};
+
+use super::tickets::{KEY_NAME_LEN, TicketKey, TicketKeys};
 
 use crate::error::{Alert, TlsAlert};
 
@@ -143,6 +147,10 @@ unsafe extern "C" {
         ssl: *mut openssl_sys::SSL,
         cb: Option<unsafe extern "C" fn(*const openssl_sys::SSL, c_int, c_int)>,
     );
+    /// `int X509_STORE_add_crl(X509_STORE *xs, X509_CRL *x)`: adds `x` to the store,
+    /// taking a reference of its own (`X509_CRL_up_ref`); 1 on success.
+    fn X509_STORE_add_crl(xs: *mut openssl_sys::X509_STORE, x: *mut openssl_sys::X509_CRL)
+    -> c_int;
 }
 
 /// OpenSSL's info callback: records the first fatal alert we send. Called for every
@@ -240,6 +248,181 @@ pub(crate) fn request_key_update<S>(stream: &mut SslStream<S>, request_peer: boo
     // accepts, and it checks the rest itself (handshake finished, no pending write
     // retry), failing with 0 rather than misbehaving. It calls back into no Rust code.
     unsafe { SSL_key_update(ssl, kind) == 1 }
+}
+
+/// Adds `crl` to the trust store `store`; OpenSSL keeps a reference of its own, so the
+/// caller may drop `crl` afterwards.
+#[allow(unsafe_code)]
+pub(crate) fn store_add_crl(
+    store: &mut X509StoreBuilderRef,
+    crl: &X509CrlRef,
+) -> Result<(), ErrorStack> {
+    // SAFETY: both pointers are live for the whole call: `store` is borrowed mutably (so
+    // no other Rust code uses it meanwhile), `crl` shared. The declaration matches
+    // OpenSSL's prototype. `X509_STORE_add_crl` does not modify `crl`; it takes a
+    // reference (`X509_CRL_up_ref`) for the store, which therefore never points at freed
+    // memory when our `X509Crl` is dropped. A CRL already in the store is not an error.
+    if unsafe { X509_STORE_add_crl(store.as_ptr(), crl.as_ptr()) } == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// `SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB`: the ctrl behind the
+/// `SSL_CTX_set_tlsext_ticket_key_cb` macro.
+const CTRL_SET_TLSEXT_TICKET_KEY_CB: c_int = 72;
+/// The size of the `iv` buffer OpenSSL passes (`EVP_MAX_IV_LENGTH`); AES-CBC uses all 16.
+const TICKET_IV_LEN: usize = 16;
+
+/// The C type of OpenSSL's (pre-3.0) ticket key callback: `int (*)(SSL *s, unsigned char
+/// key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX *ctx, HMAC_CTX
+/// *hctx, int enc)`.
+type TicketKeyCallback = unsafe extern "C" fn(
+    *mut openssl_sys::SSL,
+    *mut c_uchar,
+    *mut c_uchar,
+    *mut openssl_sys::EVP_CIPHER_CTX,
+    *mut openssl_sys::HMAC_CTX,
+    c_int,
+) -> c_int;
+
+/// The `SSL_CTX` ex-data slot holding the ticket key ring of a server context.
+fn ticket_keys_index() -> Option<Index<SslContext, Arc<TicketKeys>>> {
+    static INDEX: OnceLock<Option<Index<SslContext, Arc<TicketKeys>>>> = OnceLock::new();
+    *INDEX.get_or_init(|| SslContext::new_ex_index().ok())
+}
+
+/// Makes `ctx` encrypt and decrypt session tickets (TLS 1.3 tickets and TLS 1.2 session
+/// tickets) with the keys of `keys` instead of a key of its own. Returns `false` if
+/// OpenSSL refused (a build without the deprecated 1.1.1 API): the context then keeps
+/// its own random key.
+///
+/// This uses the ticket callback with an `HMAC_CTX`, deprecated since OpenSSL 3.0 but
+/// present in every build this crate links (1.1.1 and 3.x); its 3.0 successor
+/// (`SSL_CTX_set_tlsext_ticket_key_evp_cb`) would make the crate require OpenSSL 3.
+#[allow(unsafe_code)]
+pub(crate) fn set_ticket_keys(ctx: &mut SslContextBuilder, keys: Arc<TicketKeys>) -> bool {
+    let Some(index) = ticket_keys_index() else {
+        return false;
+    };
+    ctx.set_ex_data(index, keys);
+    let callback: TicketKeyCallback = ticket_key_callback;
+    // SAFETY: `ctx` is a live `SSL_CTX` borrowed mutably. For this ctrl code OpenSSL
+    // stores the function pointer and calls it only as a ticket key callback, with the
+    // C signature `TicketKeyCallback` declares (the `SSL_CTX_set_tlsext_ticket_key_cb`
+    // macro performs the same cast to `void (*)(void)`); function pointers of the two
+    // types have the same size and representation. `ticket_key_callback` is a plain
+    // function, so it outlives every context. The ring it reads is owned by `ctx`'s
+    // ex-data, set above, and freed with the context.
+    let set = unsafe {
+        let generic = std::mem::transmute::<TicketKeyCallback, unsafe extern "C" fn()>(callback);
+        openssl_sys::SSL_CTX_callback_ctrl__fixed_rust(
+            ctx.as_ptr(),
+            CTRL_SET_TLSEXT_TICKET_KEY_CB,
+            Some(generic),
+        )
+    };
+    set == 1
+}
+
+/// Sets up the cipher and HMAC contexts OpenSSL passes for one ticket.
+#[allow(unsafe_code)]
+fn init_ticket_crypto(
+    cipher: *mut openssl_sys::EVP_CIPHER_CTX,
+    hmac: *mut openssl_sys::HMAC_CTX,
+    key: &TicketKey,
+    iv: &[u8; TICKET_IV_LEN],
+    encrypt: bool,
+) -> bool {
+    let null = std::ptr::null_mut();
+    // SAFETY: `cipher` and `hmac` are the non-null contexts OpenSSL passed to the ticket
+    // callback for this ticket, live for the call. The keys are 32 bytes, as
+    // AES-256-CBC and the HMAC key length given require, and `iv` is the 16 bytes
+    // AES-CBC reads. OpenSSL copies the key material; nothing keeps our pointers.
+    unsafe {
+        let aes = openssl_sys::EVP_aes_256_cbc();
+        let cipher_ok = if encrypt {
+            openssl_sys::EVP_EncryptInit_ex(cipher, aes, null, key.aes.as_ptr(), iv.as_ptr())
+        } else {
+            openssl_sys::EVP_DecryptInit_ex(cipher, aes, null, key.aes.as_ptr(), iv.as_ptr())
+        };
+        let hmac_ok = openssl_sys::HMAC_Init_ex(
+            hmac,
+            key.hmac.as_ptr().cast(),
+            key.hmac.len() as c_int,
+            openssl_sys::EVP_sha256(),
+            null,
+        );
+        cipher_ok == 1 && hmac_ok == 1
+    }
+}
+
+/// OpenSSL's ticket key callback: in encryption mode (`enc == 1`) names the current key
+/// and sets up the contexts with a fresh IV (1; 0 issues no ticket); in decryption mode
+/// finds the key by name (1 for the current key, 2 for the previous one, which tells
+/// OpenSSL to issue a new ticket, 0 for an unknown or retired key: a full handshake).
+/// -1 (a failed handshake) only if OpenSSL's own crypto setup fails.
+#[allow(unsafe_code)]
+unsafe extern "C" fn ticket_key_callback(
+    ssl: *mut openssl_sys::SSL,
+    key_name: *mut c_uchar,
+    iv: *mut c_uchar,
+    cipher: *mut openssl_sys::EVP_CIPHER_CTX,
+    hmac: *mut openssl_sys::HMAC_CTX,
+    enc: c_int,
+) -> c_int {
+    if ssl.is_null() || key_name.is_null() || iv.is_null() || cipher.is_null() || hmac.is_null() {
+        return -1;
+    }
+    // SAFETY: OpenSSL calls this with the live `SSL` whose ticket it handles, for the
+    // duration of the call; we only read its context's ex-data through it.
+    let ssl = unsafe { SslRef::from_ptr(ssl) };
+    let Some(keys) = ticket_keys_index().and_then(|i| ssl.ssl_context().ex_data(i)) else {
+        // Not one of our contexts (a caller switched it): no ticket, no resumption.
+        return 0;
+    };
+    if enc == 1 {
+        // SAFETY: in encryption mode OpenSSL passes `key_name` as its 16-byte
+        // (`TLSEXT_KEYNAME_LENGTH`) output buffer and `iv` as its `EVP_MAX_IV_LENGTH`
+        // (16) output buffer, both writable for the call; they do not overlap each other
+        // or anything we hold.
+        let (name, iv) = unsafe {
+            (
+                &mut *key_name.cast::<[u8; KEY_NAME_LEN]>(),
+                &mut *iv.cast::<[u8; TICKET_IV_LEN]>(),
+            )
+        };
+        let Some(key) = keys.encryption_key() else {
+            return 0;
+        };
+        if openssl::rand::rand_bytes(iv).is_err() {
+            return -1;
+        }
+        name.copy_from_slice(&key.name);
+        if init_ticket_crypto(cipher, hmac, &key, iv, true) {
+            1
+        } else {
+            -1
+        }
+    } else {
+        // SAFETY: in decryption mode both point into the received ticket, which OpenSSL
+        // checked to be long enough for the 16-byte name and the 16-byte IV before
+        // calling; we only read them, during the call.
+        let (name, iv) = unsafe {
+            (
+                &*key_name.cast_const().cast::<[u8; KEY_NAME_LEN]>(),
+                &*iv.cast_const().cast::<[u8; TICKET_IV_LEN]>(),
+            )
+        };
+        match keys.decryption_key(name) {
+            None => 0,
+            Some((key, current)) if init_ticket_crypto(cipher, hmac, &key, iv, false) => {
+                if current { 1 } else { 2 }
+            }
+            Some(_) => -1,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use openssl::error::ErrorStack;
 use openssl::ssl::{self, ErrorCode, NameType, Ssl, SslRef, SslSessionRef, SslStream};
 use openssl::x509::X509;
 
-use super::config::{TlsAcceptor, TlsConnector};
+use super::acceptor::TlsAcceptor;
+use super::config::TlsConnector;
 use super::ossl::{self, clear_error_queue, ssl_error_reason, stack_message};
 use super::resume;
 use crate::error::{TlsAlert, TlsFailure, VerifyError};
@@ -207,8 +208,10 @@ impl TlsSession {
         acceptor: &TlsAcceptor,
         configure: impl FnOnce(&mut SslRef) -> Result<()>,
     ) -> Result<Self> {
+        // The acceptor's current configuration; the session keeps it even if the
+        // acceptor is replaced later.
         let mut ssl =
-            Ssl::new(acceptor.context()).map_err(|e| setup_error("creating TLS session", &e))?;
+            Ssl::new(&acceptor.context()).map_err(|e| setup_error("creating TLS session", &e))?;
         ssl.set_accept_state();
         // Before `configure`, so that an info callback of the caller's own wins.
         ossl::observe(&mut ssl);

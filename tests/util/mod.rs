@@ -3,7 +3,10 @@
 
 pub mod contract;
 pub mod echo_server;
+pub mod example;
+pub mod peer;
 pub mod raw_peer;
+pub mod sessions;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
