@@ -5,8 +5,9 @@
 //! the model first thing. The model then checks, as things happen:
 //! - no callback runs inside an API call (they run from the loop only);
 //! - each request (connect, write, shutdown, handshake, close) completes exactly once;
-//! - a handle's requests complete in the order they were made (connect or handshake
-//!   first, the close callback after every other one, nothing after it);
+//! - a handle's connect, write and shutdown requests complete in the order they were
+//!   made; the close callback comes after every other one (the handshake callback's
+//!   included), and nothing after it;
 //! - every byte a reader receives is the next byte the peer sent, and reading stops after
 //!   the end of stream or an error; a reader started after that hears the same ending;
 //! - read callbacks run only while reading.
@@ -152,14 +153,20 @@ impl Model {
             self.violation(format!("{name}: {kind:?}#{i} completed twice"));
             return;
         }
-        // Order: every earlier request (other than a close) is done already; a close
-        // comes after every other request.
-        let pending_before: Vec<usize> = hm.requests[..i]
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.done.is_none() && r.kind != ReqKind::Close)
-            .map(|(j, _)| j)
-            .collect();
+        // Order: every earlier connect, write and shutdown is done already (a handshake
+        // callback's place among the writes is not part of the contract); a close comes
+        // after every other request.
+        let ordered = |k: ReqKind| !matches!(k, ReqKind::Close | ReqKind::Handshake);
+        let pending_before: Vec<usize> = if ordered(kind) {
+            hm.requests[..i]
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.done.is_none() && ordered(r.kind))
+                .map(|(j, _)| j)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let pending_any: Vec<usize> = hm
             .requests
             .iter()
@@ -267,6 +274,24 @@ impl Model {
         }
     }
 
+    /// Whether `h` is reading (started, not stopped, no ending heard, not closed).
+    pub fn reading(&self, h: usize) -> bool {
+        self.handles.borrow()[h].reading
+    }
+
+    /// Whether every request of kind `kind` on `h` has completed.
+    pub fn all_done(&self, h: usize, kind: ReqKind) -> bool {
+        self.handles.borrow()[h]
+            .requests
+            .iter()
+            .all(|r| r.kind != kind || r.done.is_some())
+    }
+
+    /// How many events the model has seen (grows with every callback).
+    pub fn events(&self) -> usize {
+        self.trace.borrow().len()
+    }
+
     /// Bytes the reader of `h` has received.
     pub fn received(&self, h: usize) -> u64 {
         self.handles.borrow()[h].received
@@ -352,7 +377,12 @@ impl Watchdog {
                 if let Some((started, case)) = guard.as_ref()
                     && started.elapsed() > limit
                 {
-                    eprintln!("a case ran for more than {limit:?}; aborting. The case:\n{case}");
+                    // Not `eprintln!`: the test harness captures that, and an abort
+                    // would lose it.
+                    let text = format!(
+                        "a case ran for more than {limit:?}; aborting. The case:\n{case}\n"
+                    );
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
                     std::process::abort();
                 }
             }

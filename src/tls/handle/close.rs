@@ -7,7 +7,7 @@
 
 use std::marker::PhantomData;
 
-use super::{CloseCb, Handshake, InnerRead, Phase, Shutdown, Tls, TlsState, pump, st};
+use super::{CloseCb, Handshake, InnerRead, Phase, Tls, TlsState, pump, st};
 use crate::error::Error;
 use crate::event_loop::Loop;
 use crate::handle::{HandleId, RawId};
@@ -53,7 +53,7 @@ fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
     for cb in t.writes.take_all() {
         cb(lp, Err(Error::Cancelled));
     }
-    if let Shutdown::Queued(cb) = std::mem::replace(&mut t.shutdown, Shutdown::Sent) {
+    if let Some(cb) = t.shutdown.take_waiting() {
         cb(lp, Err(Error::Cancelled));
     }
     if let Phase::Closing(cb) = std::mem::replace(&mut t.phase, Phase::Open) {

@@ -148,9 +148,24 @@ enum Shutdown {
     Open,
     /// Requested: close_notify goes out after the queued writes.
     Queued(DoneCb),
-    /// close_notify queued and the inner stream's shutdown requested (the callback
-    /// waits in that request), or the shutdown failed.
-    Sent,
+    /// close_notify queued and the inner stream's shutdown requested; the callback
+    /// completes with that request's outcome, after every write's callback.
+    Sent(DoneCb),
+    /// Completed (or failed).
+    Done,
+}
+
+impl Shutdown {
+    /// Takes the callback of a shutdown still waiting (queued or sent), leaving `Done`.
+    fn take_waiting(&mut self) -> Option<DoneCb> {
+        match std::mem::replace(self, Shutdown::Done) {
+            Shutdown::Queued(cb) | Shutdown::Sent(cb) => Some(cb),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 /// Whether the handle reads the inner stream.
@@ -416,6 +431,12 @@ impl<S: Stream> Tls<S> {
                 pump::pump::<S>(lp, id, true);
             }
         })
+    }
+
+    /// The error that failed the handle, if one did (the same error every waiting
+    /// callback heard, and later calls return). `None` while it is healthy or closed.
+    pub fn failure(self, lp: &Loop) -> Option<Error> {
+        st_ref::<S>(lp, self.0).and_then(|t| t.failure.clone())
     }
 
     /// Whether the handshake has completed.

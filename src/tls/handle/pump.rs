@@ -8,9 +8,6 @@
 //! callbacks run only from pumps started by the loop (inner stream callbacks, timers,
 //! deferred pumps), never inside a user's call.
 
-use std::cell::Cell;
-use std::rc::Rc;
-
 use super::write_path::Encrypt;
 use super::{Handshake, InnerRead, Pump, Shutdown, Tls, TlsState, as_owner, read_path, st, st_any};
 use crate::error::{Error, Result};
@@ -64,6 +61,10 @@ impl Encrypt for Session<'_> {
 
 fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
     let now = lp.now();
+    // Writes acknowledged already (a callback that ran while others were being
+    // completed may have brought us here) complete before anything this round queues:
+    // the inner stream's completions of what we flush below come after them.
+    complete_acked::<S>(lp, id, false);
     let Some(t) = st::<S>(lp, id) else { return };
     if t.failure.is_none() && matches!(t.handshake, Handshake::Running { .. }) {
         match t.session.handshake() {
@@ -88,7 +89,6 @@ fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
     }
     // Handshake messages, alerts (also those of a failure), records, close_notify.
     flush::<S>(lp, id, false);
-    complete_acked::<S>(lp, id, false);
     update_inner_reading::<S>(lp, id);
     if from_loop {
         report_handshake::<S>(lp, id);
@@ -142,13 +142,17 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
         let pending = t.writes.pending_bytes();
         t.session
             .reserve_ciphertext(pending + pending.div_ceil(super::RECORD) * 32);
-        let mut stage = Vec::new();
-        let mut session = Session {
-            cipher_sent: t.writes.cipher_sent(),
-            session: &mut t.session,
-        };
-        t.writes.encrypt(&mut session, &mut stage)?;
     }
+    let Some(t) = st::<S>(lp, id) else {
+        return Ok(());
+    };
+    // Also with nothing pending: zero-length writes get their place in the stream.
+    let mut stage = Vec::new();
+    let mut session = Session {
+        cipher_sent: t.writes.cipher_sent(),
+        session: &mut t.session,
+    };
+    t.writes.encrypt(&mut session, &mut stage)?;
     let Some(t) = st::<S>(lp, id) else {
         return Ok(());
     };
@@ -191,25 +195,39 @@ pub(super) fn flush<S: Stream>(lp: &mut Loop, id: RawId, generated: bool) {
     let Some(t) = st::<S>(lp, id) else { return };
     if t.session.is_shutdown_sent()
         && let Shutdown::Queued(_) = t.shutdown
-        && let Shutdown::Queued(cb) = std::mem::replace(&mut t.shutdown, Shutdown::Sent)
+        && let Shutdown::Queued(cb) = std::mem::replace(&mut t.shutdown, Shutdown::Done)
     {
-        // The inner shutdown waits for the close_notify write queued above; its callback
-        // completes ours. If the inner stream refuses, ours completes with its error.
-        let slot: Rc<Cell<Option<DoneCb>>> = Rc::new(Cell::new(Some(cb)));
-        let waiting = Rc::clone(&slot);
+        t.shutdown = Shutdown::Sent(cb);
+        // The inner shutdown waits for the close_notify write queued above.
         let shut = as_owner(lp, inner, |lp| {
-            inner.shutdown(lp, move |lp, _, r| {
-                if let Some(cb) = waiting.take() {
-                    cb(lp, r);
-                }
-            })
+            inner.shutdown(lp, move |lp, _, r| on_inner_shutdown::<S>(lp, id, r))
         });
         if let Err(e) = shut {
-            if let Some(cb) = slot.take() {
-                lp.complete(cb, Err(e.clone()));
+            // Refused at the call: the handle fails, and ours completes with the error
+            // after the writes' callbacks.
+            fail::<S>(lp, id, e.clone());
+            if let Some(cb) = st::<S>(lp, id).and_then(|t| t.shutdown.take_waiting()) {
+                lp.complete(cb, Err(e));
             }
-            fail::<S>(lp, id, e);
         }
+    }
+}
+
+/// The inner stream's shutdown completed: ours completes with its outcome, queued so
+/// that it comes after every write callback (the inner stream completed their
+/// ciphertext before, and any failure of theirs was queued already); while closing, at
+/// once, before the close callback.
+fn on_inner_shutdown<S: Stream>(lp: &mut Loop, id: RawId, r: Result<()>) {
+    let Some(t) = st_any::<S>(lp, id) else { return };
+    let open = t.is_open();
+    let Some(cb) = t.shutdown.take_waiting() else {
+        return;
+    };
+    if open {
+        lp.complete(cb, r);
+    } else {
+        // Closing: the inner stream's close callback (ours to finish) comes next.
+        cb(lp, r);
     }
 }
 
@@ -314,8 +332,8 @@ fn on_inner_read<S: Stream>(lp: &mut Loop, id: RawId, r: ReadResult) {
 }
 
 /// Records the handle's first failure and fails everything waiting that may hear it now:
-/// the writes not yet written and a queued shutdown (from the loop, in order). The
-/// handshake callback and the reader hear it from the next pump run from the loop.
+/// the writes not yet written and a waiting shutdown (from the loop, in order). The
+/// handshake callback and the reader hear it from a pump run from the loop, queued here.
 pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
     let Some(t) = st::<S>(lp, id) else { return };
     if t.failure.is_some() {
@@ -336,15 +354,10 @@ pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
     complete_acked::<S>(lp, id, false);
     let Some(t) = st::<S>(lp, id) else { return };
     let failed: Vec<DoneCb> = t.writes.take_all().collect();
-    let shutdown = match std::mem::replace(&mut t.shutdown, Shutdown::Sent) {
-        Shutdown::Queued(cb) => Some(cb),
-        other => {
-            t.shutdown = other;
-            None
-        }
-    };
+    let shutdown = t.shutdown.take_waiting();
     for cb in failed.into_iter().chain(shutdown) {
         lp.complete(cb, Err(err.clone()));
     }
     update_inner_reading::<S>(lp, id);
+    lp.defer(move |lp| pump::<S>(lp, id, true));
 }
