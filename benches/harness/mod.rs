@@ -33,7 +33,7 @@ pub enum Mode {
     Bulk,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Server {
     Loop,
     Blocking,
