@@ -306,6 +306,8 @@ struct EchoRun {
     establish_cpu: f64,
     echo_wall: f64,
     echo_cpu: f64,
+    /// Minor page faults of the server during the echo phase.
+    echo_faults: u64,
     bytes: u64,
 }
 
@@ -315,6 +317,9 @@ impl EchoRun {
     }
     fn mib_s(&self) -> f64 {
         self.bytes as f64 / (1 << 20) as f64 / self.echo_wall
+    }
+    fn faults_per_mib(&self) -> f64 {
+        self.echo_faults as f64 / (self.bytes as f64 / (1 << 20) as f64)
     }
 }
 
@@ -347,9 +352,11 @@ impl Ctx {
         let cpu0 = server.cpu();
         let establish = fleet.establish(conns, self.args.connect_parallel)?;
         let cpu1 = server.cpu_settled(Duration::from_secs(1));
+        let faults1 = server.minor_faults();
         let echo = fleet.echo(per_conn, size, window)?;
         let close = fleet.close()?;
         let cpu2 = server.cpu_settled(Duration::from_secs(2));
+        let faults2 = server.minor_faults();
         server.check_alive()?;
         server.check_log_lines(conns)?;
         Ok(EchoRun {
@@ -357,6 +364,7 @@ impl Ctx {
             establish_cpu: (cpu1 - cpu0).as_secs_f64(),
             echo_wall: (echo + close).as_secs_f64(),
             echo_cpu: (cpu2 - cpu1).as_secs_f64(),
+            echo_faults: faults2.saturating_sub(faults1),
             bytes: per_conn * conns as u64,
         })
     }
@@ -478,6 +486,13 @@ fn scenario_echo(ctx: &mut Ctx, sizes: &[usize], window: u64) {
                 Stat::of(&v.iter().map(EchoRun::mib_s).collect::<Vec<_>>()).map(|s| (*k, s))
             })
             .collect();
+        let faults: HashMap<Kind, Stat> = runs
+            .iter()
+            .filter_map(|(k, v)| {
+                Stat::of(&v.iter().map(EchoRun::faults_per_mib).collect::<Vec<_>>())
+                    .map(|s| (*k, s))
+            })
+            .collect();
         // The in-memory TLS floor for this write size.
         let floor_bytes = ctx.args.floor_bytes.unwrap_or(bytes);
         let mut mem = Vec::new();
@@ -509,14 +524,15 @@ fn scenario_echo(ctx: &mut Ctx, sizes: &[usize], window: u64) {
             };
             if ctx.args.json {
                 println!(
-                    "{{\"test\":\"echo\",\"conns\":1,\"server\":\"{}\",\"write\":{size},\"window\":{},\"bytes\":{bytes},\"cpu_ms_per_gib\":{},\"mib_s\":{},\"cpu_vs_blocking\":{},\"cpu_vs_tokio\":{},\"floor_ms_per_gib\":{}}}",
+                    "{{\"test\":\"echo\",\"conns\":1,\"server\":\"{}\",\"write\":{size},\"window\":{},\"bytes\":{bytes},\"cpu_ms_per_gib\":{},\"mib_s\":{},\"cpu_vs_blocking\":{},\"cpu_vs_tokio\":{},\"floor_ms_per_gib\":{},\"page_faults_per_mib\":{}}}",
                     kind.name(),
                     window_json(window),
                     c.json(),
                     s.json(),
                     ratio_json(Some(c.median), blocking),
                     ratio_json(Some(c.median), tokio),
-                    floor.map_or("null".into(), |f| format!("{f:.1}"))
+                    floor.map_or("null".into(), |f| format!("{f:.1}")),
+                    faults.get(&kind).map_or("null".into(), Stat::json)
                 );
             } else {
                 let above = floor.map_or("–".into(), |f| {
@@ -942,7 +958,12 @@ fn prepare_binaries(args: &Args, want_tokio: bool) -> (Option<PathBuf>, Option<P
     let tokio = if !want_tokio {
         None
     } else if let Some(p) = &args.tokio_echo {
-        Some(p.clone())
+        if p.exists() {
+            Some(p.clone())
+        } else {
+            eprintln!("--tokio-echo {}: no such file", p.display());
+            None
+        }
     } else {
         let p = release.as_ref().map(|r| r.join("tokio-echo"));
         match (p, &target) {

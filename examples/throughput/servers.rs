@@ -256,6 +256,11 @@ impl ServerProcess {
         }
     }
 
+    /// Minor page faults of the process so far (all threads; `/proc/PID/stat`).
+    pub fn minor_faults(&self) -> u64 {
+        proc_stat_field(self.pid(), 10)
+    }
+
     /// Resident memory of the process in bytes.
     pub fn rss(&self) -> u64 {
         rss_bytes(self.pid())
@@ -357,23 +362,23 @@ pub fn process_cpu(pid: u32) -> Duration {
     proc_stat_cpu(pid)
 }
 
-/// User plus system CPU time from `/proc/PID/stat`, in clock ticks of 10 ms.
-pub fn proc_stat_cpu(pid: u32) -> Duration {
+/// Field `n` (numbered from 1, as in proc(5)) of `/proc/PID/stat`, or 0.
+fn proc_stat_field(pid: u32, n: usize) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name come the fields from `state` (field 3) on; utime and stime
-    // are fields 14 and 15.
-    let rest: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |n: usize| {
-        rest.get(n - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    // After the command name come the fields from `state` (field 3) on.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(n - 3))
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time from `/proc/PID/stat` (fields 14 and 15), in clock ticks
+/// of 10 ms.
+pub fn proc_stat_cpu(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos((field(14) + field(15)) * 1_000_000_000 / hz)
+    let ticks = proc_stat_field(pid, 14) + proc_stat_field(pid, 15);
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 pub fn rss_bytes(pid: u32) -> u64 {
@@ -390,6 +395,26 @@ pub fn rss_bytes(pid: u32) -> u64 {
 pub fn cargo_build(what: &str, args: &[&str], target_dir: &Path, limit: Duration) -> bool {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // Under `cargo run`, this process inherits the variables cargo sets for the package
+    // it runs. Some build scripts (ring's) ask to rerun when those change, so passing
+    // them on would rebuild them here and again at the next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CARGO_PKG_")
+            || matches!(
+                n.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&name);
+        }
+    }
     cmd.arg("build")
         .args(args)
         .arg("--target-dir")
