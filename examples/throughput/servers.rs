@@ -24,6 +24,27 @@ use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 /// Process ids of the children alive now, for the signal handler.
 pub static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Makes `cmd`'s process die with this one, however this one ends (even by SIGKILL,
+/// which no handler sees): the kernel sends it SIGKILL when its parent thread exits.
+/// Children are spawned from the main thread, which lives as long as the process.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl(2) and getppid(2), both async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may already be gone: then nobody would kill us.
+            if libc::getppid() == 1 {
+                return Err(io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Kills every child still registered (from the signal handler's thread).
 pub fn kill_all_children() {
     let pids = CHILDREN.lock().map(|v| v.clone()).unwrap_or_default();
@@ -135,6 +156,7 @@ impl Launcher {
             kind.name().replace(' ', "-"),
             addr.port()
         ));
+        die_with_parent(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -189,6 +211,7 @@ impl Launcher {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| io::Error::other(format!("cannot run perf (--perf): {e}")))?;
@@ -423,6 +446,7 @@ pub fn cargo_build(what: &str, args: &[&str], target_dir: &Path, limit: Duration
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     eprintln!("building {what}: {cmd:?}");
+    die_with_parent(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
