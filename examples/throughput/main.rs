@@ -54,7 +54,7 @@ tls_echo_server (biotls), a blocking SslStream server with a thread per connecti
 tokio + tokio-openssl (peers/tokio-echo, built on first use). Server CPU from each \
 process's CPU clock; memory from its RSS. Prints Markdown tables with ratios to the \
 blocking and the tokio-openssl server, and the floor (plain TCP echo, in-memory TLS).\n\n\
-Sizes are in bytes. A full run takes about 4 minutes on 2 cores; --smoke takes seconds."
+Sizes are in bytes. A full run takes about 2 minutes on 2 cores; --smoke takes seconds."
 )]
 struct Args {
     /// Servers to measure, comma-separated: biotls, blocking, tokio.
@@ -146,15 +146,17 @@ struct Args {
     /// Print one JSON object per figure instead of tables.
     #[arg(long)]
     json: bool,
-    /// Do not build missing servers (tls_echo_server, tokio-echo): arms whose binary
-    /// is missing are skipped.
+    /// Do not run cargo: use the server binaries (tls_echo_server, tokio-echo) already
+    /// in the target directory, stale or not; arms whose binary is missing are skipped.
     #[arg(long)]
     no_build: bool,
     /// The tokio-openssl server binary to use instead of building peers/tokio-echo.
     #[arg(long, value_name = "PATH")]
     tokio_echo: Option<PathBuf>,
-    /// Run the investigation of the in-process mode instead: the same servers and
-    /// client placed in one process or in separate ones (see the README).
+    /// Run the investigation of the in-process mode instead: the Tls-handle and the
+    /// blocking server on a thread of this process or in a process of their own, under
+    /// the old Loop client or this mode's client (see the README). Uses --sizes,
+    /// --bytes, --repeat, --many-conns, --many-bytes, --multi-size and --only echo,many.
     #[arg(long)]
     in_process: bool,
     /// Record a profile of every server run with `perf record` (DWARF call graphs) into
