@@ -116,7 +116,7 @@ fn measure(
             c
         }
         Target::Process(mut p) => {
-            let c = p.cpu_settled(Duration::from_secs(2)) - cpu0;
+            let c = p.cpu_settled(Duration::from_secs(2)).saturating_sub(cpu0);
             p.check_alive()?;
             c
         }

@@ -363,9 +363,9 @@ impl Ctx {
         server.check_log_lines(conns)?;
         Ok(EchoRun {
             establish_wall: establish.as_secs_f64(),
-            establish_cpu: (cpu1 - cpu0).as_secs_f64(),
+            establish_cpu: cpu1.saturating_sub(cpu0).as_secs_f64(),
             echo_wall: (echo + close).as_secs_f64(),
-            echo_cpu: (cpu2 - cpu1).as_secs_f64(),
+            echo_cpu: cpu2.saturating_sub(cpu1).as_secs_f64(),
             echo_faults: faults2.saturating_sub(faults1),
             bytes: per_conn * conns as u64,
         })
@@ -697,7 +697,7 @@ fn handshake_run(
     connector: &TlsConnector,
     count: usize,
 ) -> io::Result<(f64, f64, usize)> {
-    let server = ctx.start(kind)?;
+    let mut server = ctx.start(kind)?;
     let mut fleet = Fleet::new(server.addr, Proto::Tls(connector.clone()), ctx.timeout)?;
     // Warm-up: first-use costs and, when resuming, enough tickets for every connection
     // in flight (an OpenSSL server sends two tickets after a full handshake, one after
@@ -708,10 +708,11 @@ fn handshake_run(
     let resumed0 = fleet.resumed;
     let wall = fleet.cycle(count, parallel)?;
     let cpu1 = server.cpu_settled(Duration::from_secs(2));
+    server.check_alive()?;
     server.check_log_lines(5.max(2 * parallel) + count)?;
     let resumed = fleet.resumed - resumed0;
     Ok((
-        (cpu1 - cpu0).as_secs_f64() * 1e6 / count as f64,
+        cpu1.saturating_sub(cpu0).as_secs_f64() * 1e6 / count as f64,
         count as f64 / wall.as_secs_f64(),
         resumed,
     ))
