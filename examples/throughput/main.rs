@@ -980,7 +980,7 @@ fn prepare_binaries(args: &Args, want_tokio: bool) -> (Option<PathBuf>, Option<P
                 let manifest = manifest_dir().join("peers/tokio-echo/Cargo.toml");
                 eprintln!(
                     "The tokio-openssl arm is a package of its own ({}), built into the same \
-                     target directory; the first build compiles tokio (about a minute) and \
+                     target directory; the first build compiles tokio (under a minute) and \
                      reuses the vendored OpenSSL already built for this crate.",
                     manifest.display()
                 );
