@@ -1,9 +1,16 @@
 //! cargo bench
 //!
-//! Criterion benchmarks of the four arms of `examples/throughput.rs` (see
-//! `benches/harness`): the `Tls` and `Tcp` handles on a loop, and blocking `SslStream` and
-//! `TcpStream` servers with a thread per connection, all against the same loop client.
+//! Criterion benchmarks, in one process (see `benches/harness`): the `Tls` and `Tcp`
+//! handles on a loop, and blocking `SslStream` and `TcpStream` servers with a thread per
+//! connection, all on threads of this process against the same loop client on another.
 //! Write sizes 1 KiB, 16 KiB, 64 KiB and 1 MiB; echo and one-way bulk.
+//!
+//! A quick before/after tool for the data path while developing. The published figures
+//! come from `cargo run --release --example throughput`, which runs every server as a
+//! process of its own under a client that does not use the `Loop` (and adds tokio); the
+//! README says how the two placements compare. Here the loop client's window is 4 writes
+//! or 256 KiB and it coalesces small writes into larger records, so "1 KiB" measures
+//! 16 KiB records.
 //!
 //! Two groups per workload: `*_wall` measures wall time per transfer (MiB/s), and
 //! `*_server_cpu` reports the server's CPU time per transfer as its "time", so

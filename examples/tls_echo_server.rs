@@ -7,7 +7,9 @@
 //! (`SO_REUSEPORT`: the kernel spreads connections across them). `--alpn`, `--sni` and
 //! `--keylog` expose the TLS features for anyone to try with `openssl s_client`; session
 //! resumption (TLS 1.3 tickets, TLS 1.2 tickets and session ids) is on unless
-//! `--no-resumption`. Each connection's statistics are logged when it closes.
+//! `--no-resumption`. At the default log level each connection gives one line, when it
+//! closes (with its statistics) or when its handshake fails; `RUST_LOG=debug` adds the
+//! handshake's details. Nothing is logged while data flows.
 //!
 //! SIGHUP reloads `--cert`, `--key`, `--sni`, `--client-ca` and `--crl` from their files
 //! (`TlsAcceptor::replace`): connections accepted afterwards, on every loop, use the new
@@ -317,14 +319,18 @@ fn handshake_failure(e: &Error) -> String {
     format!("{e}: {meaning}")
 }
 
-/// Wraps one accepted connection in TLS and echoes on it; failures are logged and end
-/// only this connection.
+/// Wraps one accepted connection in TLS and echoes on it; failures end only this
+/// connection.
+///
+/// At the default log level a connection gives at most one line: when it closes (with
+/// its statistics), or when its handshake fails. The handshake's details are logged at
+/// debug level; nothing is logged while data flows.
 fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>, index: u16) {
     let peer = tcp
         .peer_addr(lp)
         .map_or_else(|_| "?".to_owned(), |a| format!("[loop {index}] {a}"));
     if let Err(e) = tcp.set_nodelay(lp, true) {
-        log::warn!("{peer}: set_nodelay: {e}");
+        log::debug!("{peer}: set_nodelay: {e}");
     }
     let tls = match Tls::server(lp, tcp, acceptor) {
         Ok(tls) => tls,
@@ -336,58 +342,74 @@ fn serve(lp: &mut Loop, tcp: Tcp, acceptor: &TlsAcceptor, open: &Rc<Cell<usize>>
     };
     let p = peer.clone();
     let handshake = tls.on_handshake(lp, move |lp, tls, r| match r {
-        Ok(()) => match tls.info(lp) {
-            Ok(info) => log::info!(
-                "{p}: handshake ok: {} {}{} (SNI {}, ALPN {})",
-                info.version,
-                info.cipher.as_deref().unwrap_or("?"),
-                if info.resumed { ", resumed" } else { "" },
-                info.server_name.as_deref().unwrap_or("none"),
-                info.alpn
-                    .as_deref()
-                    .map_or_else(|| "none".into(), String::from_utf8_lossy),
-            ),
-            Err(e) => log::warn!("{p}: {e}"),
-        },
-        // The echo's read callback gets the same error and closes the handle.
-        Err(e) => log::warn!("{p}: {}", handshake_failure(&e)),
+        Ok(()) => {
+            if log::log_enabled!(log::Level::Debug)
+                && let Ok(info) = tls.info(lp)
+            {
+                log::debug!(
+                    "{p}: handshake ok: {} {}{} (SNI {}, ALPN {})",
+                    info.version,
+                    info.cipher.as_deref().unwrap_or("?"),
+                    if info.resumed { ", resumed" } else { "" },
+                    info.server_name.as_deref().unwrap_or("none"),
+                    info.alpn
+                        .as_deref()
+                        .map_or_else(|| "none".into(), String::from_utf8_lossy),
+                );
+            }
+        }
+        // The connection's one line; the echo's end callback stays quiet about it.
+        Err(e) => log::warn!("{p}: handshake failed: {}", handshake_failure(&e)),
     });
     if let Err(e) = handshake {
         log::error!("{peer}: {e}");
+        tls.close(lp, |_, _| {});
+        return;
     }
     open.set(open.get() + 1);
     let count = Rc::clone(open);
+    let name = peer.clone();
     let started = echo_with(lp, tls, EchoOptions::default(), move |lp, tls: Tls, end| {
         count.set(count.get() - 1);
-        match end {
-            EchoEnd::Done => log::info!("{peer}: closed ({} open)", count.get()),
-            // A failed handshake was logged by its callback already.
-            EchoEnd::Failed(e) if !tls.is_handshake_complete(lp) => {
-                log::debug!("{peer}: {e} ({} open)", count.get());
-                return;
-            }
-            EchoEnd::Failed(e) => log::warn!("{peer}: {e} ({} open)", count.get()),
+        if let EchoEnd::Failed(e) = end
+            && !tls.is_handshake_complete(lp)
+        {
+            // Logged by the handshake callback already.
+            log::debug!("{peer}: {e} ({} open)", count.get());
+            return;
         }
-        if let Ok(s) = tls.stats(lp) {
-            log::info!(
-                "{peer}: stats: plaintext in {} out {}, ciphertext in {} out {}, \
-                 handshake {:.1} ms, {} {}{}, ALPN {}",
-                s.plaintext_in,
-                s.plaintext_out,
-                s.ciphertext_in,
-                s.ciphertext_out,
-                s.handshake_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                s.version,
-                s.cipher.as_deref().unwrap_or("?"),
-                if s.resumed { " (resumed)" } else { "" },
-                s.alpn
-                    .as_deref()
-                    .map_or_else(|| "none".into(), String::from_utf8_lossy),
-            );
+        let stats = tls.stats(lp).map_or_else(
+            |_| String::new(),
+            |s| {
+                let sni = tls
+                    .info(lp)
+                    .ok()
+                    .and_then(|i| i.server_name)
+                    .map_or_else(String::new, |n| format!(", SNI {n}"));
+                format!(
+                    ": {} {}{}{sni}, ALPN {}, handshake {:.1} ms, plaintext in {} out {}, \
+                     ciphertext in {} out {}",
+                    s.version,
+                    s.cipher.as_deref().unwrap_or("?"),
+                    if s.resumed { " (resumed)" } else { "" },
+                    s.alpn
+                        .as_deref()
+                        .map_or_else(|| "none".into(), String::from_utf8_lossy),
+                    s.handshake_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                    s.plaintext_in,
+                    s.plaintext_out,
+                    s.ciphertext_in,
+                    s.ciphertext_out,
+                )
+            },
+        );
+        match end {
+            EchoEnd::Done => log::info!("{peer}: closed ({} open){stats}", count.get()),
+            EchoEnd::Failed(e) => log::warn!("{peer}: {e} ({} open){stats}", count.get()),
         }
     });
     if let Err(e) = started {
-        log::error!("{e}");
+        log::error!("{name}: {e}");
         tls.close(lp, |_, _| {});
     }
 }

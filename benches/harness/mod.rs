@@ -1,7 +1,7 @@
-//! The throughput harness shared by `benches/throughput.rs` and
-//! `examples/throughput.rs`: servers (a loop with `Tls`/`Tcp` handles, or blocking
-//! `SslStream`/`TcpStream` with a thread per connection), and one loop-based client used
-//! against all of them, so the server is the only thing that differs between arms.
+//! The in-process harness used by `benches/throughput.rs` and by `examples/throughput
+//! --in-process`: servers on threads of the calling process (a loop with `Tls`/`Tcp`
+//! handles, or blocking `SslStream`/`TcpStream` with a thread per connection, CPU from
+//! thread clocks), and one loop-based client used against all of them.
 #![allow(dead_code)]
 
 use std::cell::{Cell, RefCell};
@@ -33,7 +33,7 @@ pub enum Mode {
     Bulk,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Server {
     Loop,
     Blocking,
