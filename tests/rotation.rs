@@ -259,6 +259,26 @@ fn sessions_from_before_a_replacement_resume_after_it() {
 }
 
 #[test]
+fn every_resumption_brings_a_fresh_ticket_so_a_client_keeps_resuming() {
+    // TLS 1.3 tickets are used once: a resumed handshake must leave the client another.
+    let pki = pki();
+    let identity = pki.issue_server(&["localhost"]).unwrap();
+    for version in VERSIONS {
+        let acceptor = builder(&identity).build();
+        let connector = new_connector(&pki, version);
+        connect(&connector, &acceptor, "localhost").assert_ok();
+        for i in 0..10 {
+            let next = connect(&connector, &acceptor, "localhost");
+            next.assert_ok();
+            assert!(
+                next.resumed(),
+                "{version:?}: connection {i} was not resumed"
+            );
+        }
+    }
+}
+
+#[test]
 fn with_client_certificates_sessions_resume_only_under_the_same_verification_policy() {
     let pki = pki();
     let server = pki.issue_server(&["localhost"]).unwrap();

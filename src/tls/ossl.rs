@@ -360,8 +360,9 @@ fn init_ticket_crypto(
 
 /// OpenSSL's ticket key callback: in encryption mode (`enc == 1`) names the current key
 /// and sets up the contexts with a fresh IV (1; 0 issues no ticket); in decryption mode
-/// finds the key by name (1 for the current key, 2 for the previous one, which tells
-/// OpenSSL to issue a new ticket, 0 for an unknown or retired key: a full handshake).
+/// finds the key by name (2, which tells OpenSSL to issue a new ticket, for the previous
+/// key and for every TLS 1.3 resumption; 1 for a TLS 1.2 ticket under the current key;
+/// 0 for an unknown or retired key: a full handshake).
 /// -1 (a failed handshake) only if OpenSSL's own crypto setup fails.
 #[allow(unsafe_code)]
 unsafe extern "C" fn ticket_key_callback(
@@ -418,7 +419,10 @@ unsafe extern "C" fn ticket_key_callback(
         match keys.decryption_key(name) {
             None => 0,
             Some((key, current)) if init_ticket_crypto(cipher, hmac, &key, iv, false) => {
-                if current { 1 } else { 2 }
+                // TLS 1.3 tickets are used once: without "renew" OpenSSL issues no new
+                // ticket after a resumption, and a client resuming every time runs out.
+                let tls13 = ssl.version2() != Some(openssl::ssl::SslVersion::TLS1_2);
+                if current && !tls13 { 1 } else { 2 }
             }
             Some(_) => -1,
         }
