@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::drain::Drain;
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::{Ops, RawId, handle_fmt};
@@ -116,6 +117,7 @@ struct DuplexState {
     faults: Faults,
     /// Serves the reader when delayed data comes due.
     delay_timer: Option<Timer>,
+    drain: Drain,
 }
 
 impl DuplexState {
@@ -132,6 +134,7 @@ impl DuplexState {
             broken: None,
             faults: Faults::default(),
             delay_timer: None,
+            drain: Drain::default(),
         }
     }
 
@@ -265,10 +268,14 @@ fn break_writes(lp: &mut Loop, id: RawId, err: Error) {
         done.push((cb, Err(err.clone())));
     }
     if let Some(cb) = t.shutdown.take_queued() {
-        done.push((cb, Err(err)));
+        done.push((cb, Err(err.clone())));
     }
+    let drain = t.drain.take();
     for (cb, r) in done {
         lp.complete(cb, r);
+    }
+    if let Some(cb) = drain {
+        lp.complete(cb, Err(err));
     }
     update_active(lp, id);
 }
@@ -330,7 +337,26 @@ fn move_out(lp: &mut Loop, id: RawId) {
     for (cb, r) in done {
         lp.complete(cb, r);
     }
+    if let Ok(t) = state(lp, id) {
+        let queued = t.out.bytes();
+        let mut drain = std::mem::take(&mut t.drain);
+        drain.check(lp, queued, |lp| schedule_drain(lp, id));
+        if let Ok(t) = state(lp, id) {
+            t.drain = drain;
+        }
+    }
     update_active(lp, id);
+}
+
+/// Queues the drain watcher's re-check (see `drain`).
+fn schedule_drain(lp: &mut Loop, id: RawId) {
+    lp.defer(move |lp| {
+        let Ok(t) = state(lp, id) else { return };
+        let queued = t.out.bytes();
+        if let Some(cb) = t.drain.recheck(queued) {
+            cb(lp, Ok(()));
+        }
+    });
 }
 
 /// The loop's service: move queued writes on, deliver inbound data (or the ending).
@@ -516,6 +542,29 @@ impl Stream for Duplex {
         Ok(())
     }
 
+    fn on_drain<F>(self, lp: &mut Loop, level: usize, cb: F) -> Result<()>
+    where
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
+    {
+        let t = state(lp, self.0)?;
+        let queued = t.out.bytes();
+        let broken = t.broken.clone();
+        let mut drain = std::mem::take(&mut t.drain);
+        let id = self.0;
+        drain.set(
+            lp,
+            level,
+            Box::new(move |lp, r| cb(lp, self, r)),
+            queued,
+            broken.as_ref(),
+            |lp| schedule_drain(lp, id),
+        );
+        if let Ok(t) = state(lp, self.0) {
+            t.drain = drain;
+        }
+        Ok(())
+    }
+
     fn close<F>(self, lp: &mut Loop, cb: F)
     where
         F: FnOnce(&mut Loop, Self) + 'static,
@@ -535,6 +584,7 @@ impl Stream for Duplex {
         }
         done.extend(t.out.take_requests());
         done.extend(t.shutdown.take_queued());
+        done.extend(t.drain.take());
         for cb in done {
             lp.complete(cb, Err(Error::Cancelled));
         }

@@ -3,8 +3,9 @@
 //!
 //! It is the logic behind the `tcp_echo_server` and `tls_echo_server` examples and a
 //! worked example of flow control: it stops reading a peer whose write queue passes a
-//! high-water mark and resumes below a low-water mark, so a client that sends but never
-//! reads its replies cannot grow the server's memory.
+//! high-water mark and resumes when [`Stream::on_drain`] says the queue is down to a
+//! low-water mark, so a client that sends but never reads its replies cannot grow the
+//! server's memory.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -91,23 +92,30 @@ fn start<S: Stream>(lp: &mut Loop, stream: S, session: Rc<Session<S>>) -> Result
         Ok(Some(data)) => {
             let sess = Rc::clone(&session);
             let queued = s.write(lp, data, move |lp, s, r| match r {
-                Ok(()) => {
-                    if sess.paused.get()
-                        && s.write_queue_size(lp) <= sess.opts.low_water
-                        && let Err(e) = start(lp, s, Rc::clone(&sess))
-                    {
-                        finish(lp, s, &sess, EchoEnd::Failed(e));
-                    }
-                }
-                Err(Error::Cancelled) => {}
+                Ok(()) | Err(Error::Cancelled) => {}
                 Err(e) => finish(lp, s, &sess, EchoEnd::Failed(e)),
             });
             if let Err(e) = queued {
                 finish(lp, s, &session, EchoEnd::Failed(e));
             } else if s.write_queue_size(lp) > session.opts.high_water {
+                // Stop reading until the peer has taken its replies (down to the low
+                // mark): a peer that never reads cannot grow our queue.
                 session.paused.set(true);
                 // Stopping can only fail on a closed handle, which reads no more anyway.
                 let _ = s.stop_read(lp);
+                let sess = Rc::clone(&session);
+                let watched = s.on_drain(lp, session.opts.low_water, move |lp, s, r| match r {
+                    Ok(()) => {
+                        if let Err(e) = start(lp, s, Rc::clone(&sess)) {
+                            finish(lp, s, &sess, EchoEnd::Failed(e));
+                        }
+                    }
+                    Err(Error::Cancelled) => {}
+                    Err(e) => finish(lp, s, &sess, EchoEnd::Failed(e)),
+                });
+                if let Err(e) = watched {
+                    finish(lp, s, &session, EchoEnd::Failed(e));
+                }
             }
         }
         Ok(None) => {

@@ -315,8 +315,30 @@ impl Loop {
         Some(f(self.poll.registry(), state))
     }
 
-    /// Queues `f` to run on the loop after the current call returns.
-    pub(crate) fn defer(&mut self, f: impl FnOnce(&mut Loop) + 'static) {
+    /// Runs `f` soon, from the loop: in this iteration's pass of deferred callbacks if
+    /// one is still to come, else in the next iteration's. It never runs inside this call,
+    /// and callbacks deferred by a deferred callback wait for the next pass, after a
+    /// poll, so a chain of them never starves I/O. The pending callback keeps
+    /// [`run`](Loop::run) alive.
+    ///
+    /// Use it for "run soon" (finishing work outside the current callback, breaking up a
+    /// long job) instead of a 0 ms [`Timer`](crate::Timer).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    ///
+    /// let mut lp = biotls::Loop::new()?;
+    /// let ran = Rc::new(Cell::new(false));
+    /// let r = Rc::clone(&ran);
+    /// lp.defer(move |_| r.set(true));
+    /// assert!(!ran.get(), "never inside the call");
+    /// lp.run()?;
+    /// assert!(ran.get());
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    pub fn defer(&mut self, f: impl FnOnce(&mut Loop) + 'static) {
         self.deferred.push_back(Deferred::Call(Box::new(f)));
     }
 

@@ -107,6 +107,7 @@
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 mod async_handle;
+mod drain;
 pub mod duplex;
 pub mod echo;
 pub mod error;
@@ -127,6 +128,11 @@ pub mod tls;
 mod work;
 mod write_queue;
 
+/// The `bytes` crate, whose [`Bytes`](bytes::Bytes) the stream API takes and gives.
+pub use bytes;
+/// The `openssl` crate, whose types the TLS API exposes (`SslRef`, `X509`, ...).
+pub use openssl;
+
 pub use async_handle::{Async, AsyncSender};
 pub use duplex::Duplex;
 pub use error::{Error, Result};
@@ -134,7 +140,7 @@ pub use event_loop::Loop;
 pub use handle::HandleId;
 pub use pipe::{Pipe, PipeListener};
 pub use signal::Signal;
-pub use stream::{ReadResult, Stream};
+pub use stream::{IntoBytes, ReadResult, Stream};
 pub use tcp::{ListenOptions, Tcp, TcpListener};
 pub use timer::Timer;
 pub use tls::Tls;

@@ -14,6 +14,42 @@ use crate::event_loop::Loop;
 /// stream, `Err(_)` for an error.
 pub type ReadResult = Result<Option<Bytes>>;
 
+/// Data that [`Stream::write`] takes without copying: [`Bytes`], `Vec<u8>`, `String`,
+/// `Box<[u8]>`, [`BytesMut`](bytes::BytesMut), and `'static` literals (`b"hello"`,
+/// `"hello"`, `&b"hello"[..]`).
+///
+/// Borrowed data (a `&[u8]` that is not `'static`) must be copied, since the write
+/// outlives the call: `Bytes::copy_from_slice(buf)`.
+pub trait IntoBytes {
+    /// Converts into `Bytes` (no copy for the types listed above).
+    fn into_bytes(self) -> Bytes;
+}
+
+macro_rules! into_bytes_via_from {
+    ($($ty:ty),*) => {
+        $(impl IntoBytes for $ty {
+            fn into_bytes(self) -> Bytes {
+                Bytes::from(self)
+            }
+        })*
+    };
+}
+into_bytes_via_from!(
+    Bytes,
+    Vec<u8>,
+    String,
+    Box<[u8]>,
+    bytes::BytesMut,
+    &'static [u8],
+    &'static str
+);
+
+impl<const N: usize> IntoBytes for &'static [u8; N] {
+    fn into_bytes(self) -> Bytes {
+        Bytes::from_static(self)
+    }
+}
+
 /// A bidirectional byte stream handle with libuv's callback semantics.
 ///
 /// # The callback contract
@@ -72,17 +108,18 @@ pub trait Stream: Copy + std::fmt::Debug + 'static {
     fn stop_read(self, lp: &mut Loop) -> Result<()>;
 
     /// Queues `data` for writing; `cb` runs once it was handed to the transport, or with
-    /// the error that stopped it.
+    /// the error that stopped it. `data` is anything [`IntoBytes`] (`b"literal"`,
+    /// `Vec<u8>`, `Bytes`, ...); copy borrowed data with `Bytes::copy_from_slice`.
     ///
     /// # Errors
     /// [`Error::Closed`](crate::Error::Closed) on a closed handle; the error that broke
     /// the stream, once one did (a failed connect, a failed write: the same error every
     /// time); [`Error::InvalidState`](crate::Error::InvalidState) after `shutdown`.
-    fn write<F>(self, lp: &mut Loop, data: impl Into<Bytes>, cb: F) -> Result<()>
+    fn write<F>(self, lp: &mut Loop, data: impl IntoBytes, cb: F) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {
-        self.write_vectored(lp, std::iter::once(data.into()), cb)
+        self.write_vectored(lp, std::iter::once(data.into_bytes()), cb)
     }
 
     /// Queues several buffers as one write request (gathered into one `writev` where the
@@ -115,6 +152,58 @@ pub trait Stream: Copy + std::fmt::Debug + 'static {
     /// the stream, once one did; [`Error::InvalidState`](crate::Error::InvalidState) if
     /// already shut down.
     fn shutdown<F>(self, lp: &mut Loop, cb: F) -> Result<()>
+    where
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static;
+
+    /// Calls `cb` once, from the loop, when [`write_queue_size`](Stream::write_queue_size)
+    /// is at or below `level` (on the next iteration if it already is): the producer's
+    /// "drain" event. A failure of the stream gives `Err` with that error, a close
+    /// `Err(`[`Cancelled`](crate::Error::Cancelled)`)`; a second call replaces the first
+    /// watcher, which then gets `Cancelled`.
+    ///
+    /// The producer pattern: write while the queue is under a high-water mark, then wait
+    /// for it to drain to a low one.
+    ///
+    /// ```
+    /// use biotls::{Loop, Stream};
+    /// use biotls::bytes::Bytes;
+    ///
+    /// /// Writes `left` more bytes to `s` in `chunk`s, never queueing much more than
+    /// /// 1 MiB, then shuts it down.
+    /// fn produce<S: Stream>(lp: &mut Loop, s: S, chunk: Bytes, mut left: usize) {
+    ///     while left > 0 && s.write_queue_size(lp) < 1 << 20 {
+    ///         let n = chunk.len().min(left);
+    ///         if s.write(lp, chunk.slice(..n), |_, _, _| {}).is_err() {
+    ///             return; // the stream failed
+    ///         }
+    ///         left -= n;
+    ///     }
+    ///     if left == 0 {
+    ///         let _ = s.shutdown(lp, |lp, s, _| s.close(lp, |_, _| {}));
+    ///     } else {
+    ///         let _ = s.on_drain(lp, 256 << 10, move |lp, s, r| match r {
+    ///             Ok(()) => produce(lp, s, chunk, left),
+    ///             Err(_) => s.close(lp, |_, _| {}),
+    ///         });
+    ///     }
+    /// }
+    /// # let mut lp = Loop::new()?;
+    /// # let (a, b) = biotls::Duplex::pair(&mut lp, 64 << 10)?;
+    /// # let got = std::rc::Rc::new(std::cell::Cell::new(0));
+    /// # let g = got.clone();
+    /// # b.start_read(&mut lp, move |lp, b, r| match r.unwrap() {
+    /// #     Some(d) => g.set(g.get() + d.len()),
+    /// #     None => b.close(lp, |_, _| {}),
+    /// # })?;
+    /// produce(&mut lp, a, Bytes::from(vec![7u8; 64 << 10]), 8 << 20);
+    /// # lp.run()?;
+    /// # assert_eq!(got.get(), 8 << 20);
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) on a closed handle.
+    fn on_drain<F>(self, lp: &mut Loop, level: usize, cb: F) -> Result<()>
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static;
 

@@ -169,6 +169,21 @@ impl Tcp {
         Ok(SockRef::from(tcp_sock(lp, self.0)?).set_linger(linger)?)
     }
 
+    /// Turns TCP keepalive on (`SO_KEEPALIVE`, first probe after `idle` without
+    /// traffic; the kernel's defaults for the probe interval and count) or off (`None`),
+    /// so a peer that vanished without a FIN or RST is noticed (as a read error).
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::InvalidState`] before the socket exists, or the OS error.
+    pub fn set_keepalive(self, lp: &Loop, idle: Option<Duration>) -> Result<()> {
+        let sock = SockRef::from(tcp_sock(lp, self.0)?);
+        match idle {
+            Some(idle) => sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle))?,
+            None => sock.set_keepalive(false)?,
+        }
+        Ok(())
+    }
+
     /// The handle no longer keeps [`Loop::run`] alive.
     ///
     /// # Errors
@@ -236,6 +251,18 @@ impl TcpListener {
         socket.bind(&addr.into())?;
         socket.listen(opts.backlog)?;
         let sock = mio::net::TcpListener::from_std(socket.into());
+        Ok(TcpListener(listener::insert(lp, ListenSock::Tcp(sock))))
+    }
+
+    /// Adopts a bound, listening standard-library socket (switched to non-blocking
+    /// mode): one inherited from a parent process or passed by a service manager
+    /// (socket activation).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the socket cannot be made non-blocking.
+    pub fn from_std(lp: &mut Loop, listener: std::net::TcpListener) -> Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        let sock = mio::net::TcpListener::from_std(listener);
         Ok(TcpListener(listener::insert(lp, ListenSock::Tcp(sock))))
     }
 

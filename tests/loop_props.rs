@@ -61,6 +61,10 @@ enum Reaction {
 
 #[derive(Debug, Clone)]
 enum Op {
+    OnDrain {
+        s: u8,
+        level: u32,
+    },
     Open(Open),
     Write {
         s: u8,
@@ -163,6 +167,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => s.clone().prop_map(|s| Op::StartRead { s }),
         2 => s.clone().prop_map(|s| Op::StopRead { s }),
         4 => (s.clone(), on, reaction).prop_map(|(s, on, then)| Op::React { s, on, then }),
+        2 => (s.clone(), 0u32..300_000).prop_map(|(s, level)| Op::OnDrain { s, level }),
         4 => (s.clone(), 1u32..300_000).prop_map(|(s, max)| Op::PeerRead { s, max }),
         4 => (s.clone(), len_strategy()).prop_map(|(s, len)| Op::PeerSend { s, len }),
         1 => s.clone().prop_map(|s| Op::PeerFin { s }),
@@ -399,6 +404,30 @@ fn do_close(lp: &mut Loop, sh: &Rc<Shared>) {
             .model
             .complete(req, "closed".into())))
     });
+}
+
+fn do_on_drain(lp: &mut Loop, sh: &Rc<Shared>, level: u32) {
+    let Some(h) = sh.handle.get() else { return };
+    let shc = Rc::clone(sh);
+    let req = Rc::new(Cell::new(None::<Req>));
+    let r2 = Rc::clone(&req);
+    let result = sh.model.call(|| {
+        with!(h, |s| s.on_drain(lp, level as usize, move |lp, s, r| {
+            if let Some(req) = r2.get() {
+                shc.model.complete(req, outcome(&r));
+            }
+            if r.is_ok() && s.write_queue_size(lp) > level as usize {
+                shc.model.violation(format!(
+                    "drained at {} above {level}",
+                    s.write_queue_size(lp)
+                ));
+            }
+        }))
+    });
+    match result {
+        Ok(()) => req.set(Some(sh.model.request(sh.h, ReqKind::Drain))),
+        Err(e) => sh.model.note(format!("on_drain refused: {e}")),
+    }
 }
 
 fn do_start_read(lp: &mut Loop, sh: &Rc<Shared>) {
@@ -745,6 +774,12 @@ impl World {
                         .reactions
                         .borrow_mut()
                         .push((on, then));
+                }
+            }
+            Op::OnDrain { s, level } => {
+                if let Some(i) = self.subject(s) {
+                    let sh = Rc::clone(&self.subjects[i].shared);
+                    do_on_drain(&mut self.lp, &sh, level);
                 }
             }
             Op::PeerRead { s, max } => {

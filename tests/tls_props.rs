@@ -61,6 +61,10 @@ enum Reaction {
 
 #[derive(Debug, Clone)]
 enum Op {
+    OnDrain {
+        side: u8,
+        level: u32,
+    },
     Write {
         side: u8,
         len: u32,
@@ -206,6 +210,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (side.clone(), 0u8..30).prop_map(|(side, ms)| Op::HandshakeTimeout { side, ms }),
         1 => (side.clone(), 2u8..40).prop_map(|(side, ms)| Op::IdleTimeout { side, ms }),
         4 => (side.clone(), on, reaction).prop_map(|(side, on, then)| Op::React { side, on, then }),
+        2 => (side.clone(), 0u32..300_000).prop_map(|(side, level)| Op::OnDrain { side, level }),
         3 => (side, fault).prop_map(|(side, fault)| Op::Fault { side, fault }),
         3 => len_strategy().prop_map(|len| Op::RawData { len }),
         1 => (1u16..600).prop_map(|len| Op::RawGarbage { len }),
@@ -370,6 +375,29 @@ fn do_key_update(lp: &mut Loop, side: &Rc<Side>, request: bool) {
     }
 }
 
+fn do_on_drain(lp: &mut Loop, side: &Rc<Side>, level: u32) {
+    let sc = Rc::clone(side);
+    let req = Rc::new(Cell::new(None::<Req>));
+    let r2 = Rc::clone(&req);
+    let result = side.model.call(|| {
+        side.tls.on_drain(lp, level as usize, move |lp, tls, r| {
+            if let Some(req) = r2.get() {
+                sc.model.complete(req, outcome(&r));
+            }
+            if r.is_ok() && tls.write_queue_size(lp) > level as usize {
+                sc.model.violation(format!(
+                    "drained at {} above {level}",
+                    tls.write_queue_size(lp)
+                ));
+            }
+        })
+    });
+    match result {
+        Ok(()) => req.set(Some(side.model.request(side.h, ReqKind::Drain))),
+        Err(e) => side.model.note(format!("on_drain refused: {e}")),
+    }
+}
+
 fn do_on_handshake(lp: &mut Loop, side: &Rc<Side>) {
     let sc = Rc::clone(side);
     let req = Rc::new(Cell::new(None::<Req>));
@@ -507,6 +535,11 @@ impl World {
             Op::KeyUpdate { side, request } => {
                 if let Some(s) = self.sides.get(usize::from(side)) {
                     do_key_update(lp, s, request);
+                }
+            }
+            Op::OnDrain { side, level } => {
+                if let Some(s) = self.sides.get(usize::from(side)) {
+                    do_on_drain(lp, s, level);
                 }
             }
             Op::OnHandshake { side } => {

@@ -27,6 +27,7 @@ mod write;
 use bytes::Bytes;
 use mio::Interest;
 
+use crate::drain::Drain;
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::{Ops, RawId, Readiness};
@@ -64,6 +65,7 @@ pub(crate) struct StreamState {
     /// The error that broke the write side; later writes fail with it, and a read that
     /// meets end of stream reports it instead (see `read::lost_connection`).
     write_error: Option<Error>,
+    drain: Drain,
 }
 
 impl StreamState {
@@ -75,6 +77,7 @@ impl StreamState {
             out: WriteQueue::default(),
             shutdown: Shutdown::Open,
             write_error: None,
+            drain: Drain::default(),
         }
     }
 
@@ -276,7 +279,36 @@ pub(crate) fn close(lp: &mut Loop, id: RawId, cb: Box<dyn FnOnce(&mut Loop)>) {
     if let Some(cb) = t.shutdown.take_queued() {
         lp.complete(cb, Err(Error::Cancelled));
     }
+    if let Some(cb) = t.drain.take() {
+        lp.complete(cb, Err(Error::Cancelled));
+    }
     lp.defer(cb);
+}
+
+/// `Stream::on_drain`.
+pub(crate) fn on_drain(lp: &mut Loop, id: RawId, level: usize, cb: DoneCb) -> Result<()> {
+    let t = state(lp, id)?;
+    let queued = t.out.bytes();
+    let broken = t.broken().cloned();
+    let mut drain = std::mem::take(&mut t.drain);
+    drain.set(lp, level, cb, queued, broken.as_ref(), |lp| {
+        schedule_drain(lp, id)
+    });
+    if let Ok(t) = state(lp, id) {
+        t.drain = drain;
+    }
+    Ok(())
+}
+
+/// Queues the drain watcher's re-check (see `drain`).
+pub(crate) fn schedule_drain(lp: &mut Loop, id: RawId) {
+    lp.defer(move |lp| {
+        let Ok(t) = state(lp, id) else { return };
+        let queued = t.out.bytes();
+        if let Some(cb) = t.drain.recheck(queued) {
+            cb(lp, Ok(()));
+        }
+    });
 }
 
 /// `Stream::write_queue_size`.
@@ -330,6 +362,18 @@ macro_rules! impl_socket_stream {
                 F: FnOnce(&mut $crate::Loop, Self, $crate::Result<()>) + 'static,
             {
                 $crate::stream_socket::shutdown(lp, self.0, Box::new(move |lp, r| cb(lp, self, r)))
+            }
+
+            fn on_drain<F>(self, lp: &mut $crate::Loop, level: usize, cb: F) -> $crate::Result<()>
+            where
+                F: FnOnce(&mut $crate::Loop, Self, $crate::Result<()>) + 'static,
+            {
+                $crate::stream_socket::on_drain(
+                    lp,
+                    self.0,
+                    level,
+                    Box::new(move |lp, r| cb(lp, self, r)),
+                )
             }
 
             fn close<F>(self, lp: &mut $crate::Loop, cb: F)

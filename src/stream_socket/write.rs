@@ -63,6 +63,19 @@ pub(super) fn flush(lp: &mut Loop, id: RawId) {
     for (cb, result) in done {
         lp.complete(cb, result);
     }
+    // After the writes' callbacks: the drain watcher, or its failure.
+    if let Ok(t) = state(lp, id) {
+        let queued = t.out.bytes();
+        let broken = t.write_error.clone();
+        let mut drain = std::mem::take(&mut t.drain);
+        match &broken {
+            Some(e) => drain.fail(lp, e),
+            None => drain.check(lp, queued, |lp| super::schedule_drain(lp, id)),
+        }
+        if let Ok(t) = state(lp, id) {
+            t.drain = drain;
+        }
+    }
     update_active(lp, id);
 }
 
@@ -80,6 +93,9 @@ pub(super) fn fail_requests(lp: &mut Loop, id: RawId, err: &Error) {
     if let Some(cb) = t.shutdown.take_queued() {
         cb(lp, Err(err.clone()));
     }
+    let Ok(t) = state(lp, id) else { return };
+    let mut drain = std::mem::take(&mut t.drain);
+    drain.fail(lp, err);
 }
 
 /// `Stream::try_write`: writes what the socket takes now, only if nothing is queued.
@@ -108,6 +124,8 @@ pub(super) fn try_write(lp: &mut Loop, id: RawId, data: &[u8]) -> Result<usize> 
             Err(e) => {
                 let err = Error::from(e);
                 t.write_error = Some(err.clone());
+                let mut drain = std::mem::take(&mut t.drain);
+                drain.fail(lp, &err);
                 return Err(err);
             }
         }

@@ -3,6 +3,7 @@
 mod acceptor;
 mod config;
 mod handle;
+mod identity;
 mod ossl;
 mod resume;
 mod revocation;
@@ -12,6 +13,7 @@ mod tickets;
 pub use acceptor::{TlsAcceptor, TlsAcceptorBuilder};
 pub use config::{TlsConnector, TlsConnectorBuilder};
 pub use handle::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
+pub use identity::PeerIdentity;
 pub use revocation::CrlCheck;
 pub use session::{ReadOutcome, SessionInfo, TlsSession};
 pub use stats::TlsStats;

@@ -29,6 +29,8 @@ use biotls::Error;
 pub enum ReqKind {
     Connect,
     Handshake,
+    /// An `on_drain` watcher.
+    Drain,
     Write,
     Shutdown,
     Close,
@@ -153,10 +155,11 @@ impl Model {
             self.violation(format!("{name}: {kind:?}#{i} completed twice"));
             return;
         }
-        // Order: every earlier connect, write and shutdown is done already (a handshake
-        // callback's place among the writes is not part of the contract); a close comes
-        // after every other request.
-        let ordered = |k: ReqKind| !matches!(k, ReqKind::Close | ReqKind::Handshake);
+        // Order: every earlier connect, write and shutdown is done already (the place of a
+        // handshake or drain callback among the writes is not part of the contract); a
+        // close comes after every other request.
+        let ordered =
+            |k: ReqKind| !matches!(k, ReqKind::Close | ReqKind::Handshake | ReqKind::Drain);
         let pending_before: Vec<usize> = if ordered(kind) {
             hm.requests[..i]
                 .iter()

@@ -56,6 +56,9 @@ fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
     if let Some(cb) = t.shutdown.take_waiting() {
         cb(lp, Err(Error::Cancelled));
     }
+    if let Some(cb) = t.drain.take() {
+        cb(lp, Err(Error::Cancelled));
+    }
     if let Phase::Closing(cb) = std::mem::replace(&mut t.phase, Phase::Open) {
         cb(lp, tls);
     }

@@ -29,6 +29,7 @@ use openssl::x509::X509;
 use super::config::{TlsAcceptor, TlsConnector};
 use super::session::{SessionInfo, TlsSession};
 use super::stats::TlsStats;
+use crate::drain::Drain;
 use crate::error::{Error, Result, Timeout};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::{HandleId, Ops, RawId};
@@ -247,6 +248,7 @@ struct TlsState<S: Stream> {
     generated: Generated,
     idle: idle::Idle,
     counters: Counters,
+    drain: Drain,
 }
 
 impl<S: Stream> TlsState<S> {
@@ -283,6 +285,42 @@ fn st_any<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
 
 fn st_ref<S: Stream>(lp: &Loop, id: RawId) -> Option<&TlsState<S>> {
     lp.state_ref::<TlsState<S>>(id).filter(|t| t.is_open())
+}
+
+/// The handle's write queue: plaintext not yet encrypted, ciphertext not yet handed
+/// on, and the inner stream's queue (`None` when closed).
+fn queued<S: Stream>(lp: &Loop, id: RawId) -> Option<usize> {
+    st_ref::<S>(lp, id).map(|t| {
+        t.writes.pending_bytes()
+            + t.session.buffered_ciphertext_out()
+            + t.inner.write_queue_size(lp)
+    })
+}
+
+/// Completes the drain watcher if the write queue is at or below its level.
+fn check_drain<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(queued) = queued::<S>(lp, id) else {
+        return;
+    };
+    let Some(t) = st::<S>(lp, id) else { return };
+    let mut drain = std::mem::take(&mut t.drain);
+    drain.check(lp, queued, |lp| schedule_drain::<S>(lp, id));
+    if let Some(t) = st::<S>(lp, id) {
+        t.drain = drain;
+    }
+}
+
+/// Queues the drain watcher's re-check (see `drain`).
+fn schedule_drain<S: Stream>(lp: &mut Loop, id: RawId) {
+    lp.defer(move |lp| {
+        let Some(queued) = queued::<S>(lp, id) else {
+            return;
+        };
+        let Some(t) = st::<S>(lp, id) else { return };
+        if let Some(cb) = t.drain.recheck(queued) {
+            cb(lp, Ok(()));
+        }
+    });
 }
 
 /// Calls `inner` as its owner.
@@ -354,6 +392,7 @@ impl<S: Stream> Tls<S> {
                 cipher_received: 0,
                 plain_delivered: 0,
             },
+            drain: Drain::default(),
         };
         let id = lp.insert(Box::new(state), TlsState::<S>::OPS);
         if let Some(HandleId(inner_id)) = inner.handle_id() {
@@ -510,6 +549,17 @@ impl<S: Stream> Tls<S> {
             .peer_certificate())
     }
 
+    /// The names in the peer's certificate (subject, DNS names, IP addresses, e-mail
+    /// addresses), once the handshake has received it.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    pub fn peer_identity(self, lp: &Loop) -> Result<Option<super::PeerIdentity>> {
+        Ok(self
+            .peer_certificate(lp)?
+            .map(|c| super::PeerIdentity::of(&c)))
+    }
+
     /// The peer's certificate chain as sent by the peer.
     ///
     /// # Errors
@@ -545,6 +595,24 @@ impl<S: Stream> Tls<S> {
     /// reading fills the transport's buffers (the kernel's, for TCP), not this one.
     pub fn buffered_ciphertext_in(self, lp: &Loop) -> usize {
         st_ref::<S>(lp, self.0).map_or(0, |t| t.session.buffered_ciphertext_in())
+    }
+}
+
+impl Tls<Tcp> {
+    /// The peer's address (of the inner TCP stream).
+    ///
+    /// # Errors
+    /// [`Error::Closed`], or as [`Tcp::peer_addr`].
+    pub fn peer_addr(self, lp: &Loop) -> Result<std::net::SocketAddr> {
+        self.inner(lp)?.peer_addr(lp)
+    }
+
+    /// Our address (of the inner TCP stream).
+    ///
+    /// # Errors
+    /// [`Error::Closed`], or as [`Tcp::local_addr`].
+    pub fn local_addr(self, lp: &Loop) -> Result<std::net::SocketAddr> {
+        self.inner(lp)?.local_addr(lp)
     }
 }
 
@@ -659,6 +727,29 @@ impl<S: Stream> Stream for Tls<S> {
         Ok(())
     }
 
+    fn on_drain<F>(self, lp: &mut Loop, level: usize, cb: F) -> Result<()>
+    where
+        F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
+    {
+        let queued = queued::<S>(lp, self.0).ok_or(Error::Closed)?;
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        let broken = t.failure.clone();
+        let mut drain = std::mem::take(&mut t.drain);
+        let id = self.0;
+        drain.set(
+            lp,
+            level,
+            Box::new(move |lp, r| cb(lp, self, r)),
+            queued,
+            broken.as_ref(),
+            |lp| schedule_drain::<S>(lp, id),
+        );
+        if let Some(t) = st::<S>(lp, self.0) {
+            t.drain = drain;
+        }
+        Ok(())
+    }
+
     fn close<F>(self, lp: &mut Loop, cb: F)
     where
         F: FnOnce(&mut Loop, Self) + 'static,
@@ -667,11 +758,7 @@ impl<S: Stream> Stream for Tls<S> {
     }
 
     fn write_queue_size(self, lp: &Loop) -> usize {
-        st_ref::<S>(lp, self.0).map_or(0, |t| {
-            t.writes.pending_bytes()
-                + t.session.buffered_ciphertext_out()
-                + t.inner.write_queue_size(lp)
-        })
+        queued::<S>(lp, self.0).unwrap_or(0)
     }
 
     fn is_open(self, lp: &Loop) -> bool {

@@ -246,6 +246,7 @@ fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>
             if resume {
                 update_inner_reading::<S>(lp, id);
             }
+            super::check_drain::<S>(lp, id);
         }
         Err(_) if !t.is_open() => {
             // Closing: the requests this chunk carried were cancelled with it.
@@ -355,7 +356,8 @@ pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
     let Some(t) = st::<S>(lp, id) else { return };
     let failed: Vec<DoneCb> = t.writes.take_all().collect();
     let shutdown = t.shutdown.take_waiting();
-    for cb in failed.into_iter().chain(shutdown) {
+    let drain = t.drain.take();
+    for cb in failed.into_iter().chain(shutdown).chain(drain) {
         lp.complete(cb, Err(err.clone()));
     }
     update_inner_reading::<S>(lp, id);
