@@ -108,10 +108,33 @@ impl Tcp {
         Ok(Tcp(id))
     }
 
+    /// Connects to the first of `addrs` that accepts, with Happy Eyeballs (RFC 8305):
+    /// the addresses are tried in the order given, each 250 ms after the previous one
+    /// started (or at once when it failed) while the earlier ones are still pending;
+    /// the first to connect wins and the others are closed. `cb` runs with the result
+    /// (the last error if none accepts), with the failure order of
+    /// [`connect`](Tcp::connect). An empty list fails with
+    /// [`Error::InvalidState`].
+    ///
+    /// # Errors
+    /// None at the call: failures go to `cb`.
+    pub fn connect_addrs(
+        lp: &mut Loop,
+        addrs: &[SocketAddr],
+        cb: impl FnOnce(&mut Loop, Tcp, Result<()>) + 'static,
+    ) -> Result<Tcp> {
+        let id = stream_socket::connect_addrs(lp, addrs.iter().copied(), |id| {
+            Box::new(move |lp, r| cb(lp, Tcp(id), r))
+        });
+        Ok(Tcp(id))
+    }
+
     /// Resolves `host_port` (such as `"localhost:4433"`) on a worker thread (see
-    /// [`Loop::queue_work`]), then connects to each resolved address in turn until one
-    /// accepts; `cb` runs with the result (the last address's error if none accepts),
-    /// with the failure order of [`connect`](Tcp::connect).
+    /// [`Loop::queue_work`]), then connects with Happy Eyeballs as
+    /// [`connect_addrs`](Tcp::connect_addrs) does, over the addresses interleaved by
+    /// family (IPv6 and IPv4 alternate, the resolver's first family first); `cb` runs
+    /// with the result (the last error if none accepts), with the failure order of
+    /// [`connect`](Tcp::connect).
     ///
     /// # Errors
     /// None at the call: resolution and connection failures go to `cb`.

@@ -46,9 +46,12 @@ fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
         return;
     };
     let tls = Tls(id, PhantomData);
-    if let Some(hs) = t.on_handshake.take() {
+    for cb in [t.on_connected.take(), t.on_handshake.take()]
+        .into_iter()
+        .flatten()
+    {
         let outcome = t.handshake_outcome().unwrap_or(Err(Error::Cancelled));
-        hs(lp, tls, outcome);
+        cb(lp, tls, outcome);
     }
     for cb in t.writes.take_all() {
         cb(lp, Err(Error::Cancelled));

@@ -236,6 +236,10 @@ struct TlsState<S: Stream> {
     handshake: Handshake,
     /// Waits for the handshake's outcome.
     on_handshake: Option<HandshakeCb<S>>,
+    /// [`Tls::connect`]'s callback: the handshake's outcome, or the connect's failure.
+    on_connected: Option<HandshakeCb<S>>,
+    /// The handshake timeout in force, for restarting its clock.
+    handshake_timeout: Option<Duration>,
     read: ReadSide<ReadCb<S>>,
     writes: WritePath<DoneCb>,
     shutdown: Shutdown,
@@ -377,6 +381,8 @@ impl<S: Stream> Tls<S> {
             phase: Phase::Open,
             handshake: Handshake::Running { timer: None },
             on_handshake: None,
+            on_connected: None,
+            handshake_timeout: None,
             read: ReadSide::default(),
             writes: WritePath::default(),
             shutdown: Shutdown::Open,
@@ -438,6 +444,7 @@ impl<S: Stream> Tls<S> {
     /// [`Error::Closed`].
     pub fn set_handshake_timeout(self, lp: &mut Loop, timeout: Option<Duration>) -> Result<()> {
         let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        t.handshake_timeout = timeout;
         let Handshake::Running { timer } = &mut t.handshake else {
             return Ok(());
         };
@@ -476,6 +483,12 @@ impl<S: Stream> Tls<S> {
     /// callback heard, and later calls return). `None` while it is healthy or closed.
     pub fn failure(self, lp: &Loop) -> Option<Error> {
         st_ref::<S>(lp, self.0).and_then(|t| t.failure.clone())
+    }
+
+    /// Restarts the handshake timeout from now (when the transport connects).
+    fn restart_handshake_clock(self, lp: &mut Loop) {
+        let timeout = st::<S>(lp, self.0).and_then(|t| t.handshake_timeout);
+        let _ = self.set_handshake_timeout(lp, timeout);
     }
 
     /// Whether the handshake has completed.
@@ -598,7 +611,105 @@ impl<S: Stream> Tls<S> {
     }
 }
 
+/// The host part of `host:port` (`[::1]:443` gives `::1`), for SNI and verification.
+fn host_of(host_port: &str) -> Result<&str> {
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| Error::config(format!("{host_port:?}: expected host:port")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(Error::config(format!("{host_port:?}: expected host:port")));
+    }
+    Ok(host)
+}
+
 impl Tls<Tcp> {
+    /// Connects to `host_port` (`"example.com:443"`, `"[::1]:443"`) and secures the
+    /// connection, in one call: resolves the name on a worker thread, connects with
+    /// Happy Eyeballs ([`Tcp::connect_host`]), and runs the TLS handshake with SNI and
+    /// certificate verification against the host. Returns the handle at once; `cb` runs
+    /// exactly once, from the loop, with the outcome: `Ok` once connected and
+    /// handshaken, or the first error that stopped it (resolution, connect, handshake,
+    /// verification, a timeout). After an error, close the handle, as after any
+    /// failure. Writes made meanwhile are queued; reading may start at once.
+    ///
+    /// The handshake timeout ([`set_handshake_timeout`](Tls::set_handshake_timeout),
+    /// default [`DEFAULT_HANDSHAKE_TIMEOUT`]) starts when TCP connects; the connect has
+    /// no limit but the system's unless [`set_connect_timeout`](Tls::set_connect_timeout)
+    /// sets one.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use biotls::tls::{Tls, TlsConnector};
+    /// use biotls::{Loop, Stream};
+    ///
+    /// let mut lp = Loop::new()?;
+    /// let connector = TlsConnector::builder()?.build(); // the system's CAs
+    /// let tls = Tls::connect(&mut lp, &connector, "example.com:443", |lp, tls, r| {
+    ///     if let Err(e) = r {
+    ///         eprintln!("{e}");
+    ///         tls.close(lp, |_, _| {});
+    ///     }
+    /// })?;
+    /// tls.set_connect_timeout(&mut lp, std::time::Duration::from_secs(10))?;
+    /// tls.write(&mut lp, b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n", |_, _, _| {})?;
+    /// tls.start_read(&mut lp, |lp, tls, r| match r {
+    ///     Ok(Some(data)) => print!("{}", String::from_utf8_lossy(&data)),
+    ///     _ => tls.close(lp, |_, _| {}),
+    /// })?;
+    /// lp.run()?;
+    /// # Ok::<(), biotls::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `host_port` is not `host:port` or OpenSSL cannot create the
+    /// session.
+    pub fn connect(
+        lp: &mut Loop,
+        connector: &TlsConnector,
+        host_port: &str,
+        cb: impl FnOnce(&mut Loop, Tls<Tcp>, Result<()>) + 'static,
+    ) -> Result<Tls<Tcp>> {
+        let host = host_of(host_port)?;
+        let me: std::rc::Rc<std::cell::Cell<Option<Tls<Tcp>>>> = Default::default();
+        let m = std::rc::Rc::clone(&me);
+        let tcp = Tcp::connect_host(lp, host_port, move |lp, _, r| {
+            // The handshake's clock starts now; a failure reaches `cb` through the
+            // handshake, which fails with the same error.
+            if r.is_ok()
+                && let Some(tls) = m.get()
+            {
+                tls.restart_handshake_clock(lp);
+            }
+        })?;
+        let tls = match Tls::client(lp, tcp, connector, host) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tcp.close(lp, |_, _| {});
+                return Err(e);
+            }
+        };
+        me.set(Some(tls));
+        let t = st::<Tcp>(lp, tls.0).ok_or(Error::Closed)?;
+        t.on_connected = Some(Box::new(cb));
+        if let Handshake::Running { timer: Some(timer) } = t.handshake {
+            timer.stop(lp)?;
+        }
+        Ok(tls)
+    }
+
+    /// Fails a connect still in progress after `timeout` (see [`Tls::connect`]) with
+    /// [`Error::TimedOut`]`(Timeout::Connect)`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], or [`Error::InvalidState`] if the TCP connect is over.
+    pub fn set_connect_timeout(self, lp: &mut Loop, timeout: Duration) -> Result<()> {
+        self.inner(lp)?.set_connect_timeout(lp, timeout)
+    }
+
     /// The peer's address (of the inner TCP stream).
     ///
     /// # Errors

@@ -100,7 +100,7 @@ fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
 
 /// Whether a callback is due that only a pump from the loop may run.
 fn needs_loop<S: Stream>(t: &TlsState<S>) -> bool {
-    (t.on_handshake.is_some() && t.handshake_outcome().is_some())
+    ((t.on_handshake.is_some() || t.on_connected.is_some()) && t.handshake_outcome().is_some())
         || (t.failure.is_some() && t.read.is_reading())
 }
 
@@ -110,8 +110,18 @@ fn report_handshake<S: Stream>(lp: &mut Loop, id: RawId) {
     let Some(outcome) = t.handshake_outcome() else {
         return;
     };
-    if let Some(cb) = t.on_handshake.take() {
-        cb(lp, Tls(id, std::marker::PhantomData), outcome);
+    let connected = t.on_connected.take();
+    let handshake = t.on_handshake.take();
+    let tls = Tls(id, std::marker::PhantomData);
+    if let Some(cb) = connected {
+        cb(lp, tls, outcome.clone());
+    }
+    if let Some(cb) = handshake {
+        match st_any::<S>(lp, id) {
+            // The connect callback closed the handle: the close reports it, in order.
+            Some(t) if !t.is_open() => t.on_handshake = Some(cb),
+            _ => cb(lp, tls, outcome),
+        }
     }
 }
 
