@@ -17,10 +17,10 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use biotls::bytes::Bytes;
 use biotls::error::{Alert, Timeout, TlsAlert, VerifyKind};
 use biotls::tls::{CrlCheck, Tls, TlsConnector};
 use biotls::{Async, Error, Loop, Stream, Tcp, Timer};
-use bytes::Bytes;
 use clap::Parser;
 
 /// Time allowed for the server to close after our close_notify.

@@ -653,4 +653,33 @@ impl TlsSession {
     pub fn ssl(&self) -> &SslRef {
         self.stream.ssl()
     }
+
+    /// Takes the bytes fed in that OpenSSL has not read, once the peer's close_notify
+    /// has been read: what the peer sent after it (plaintext of the next phase, for a
+    /// protocol that goes back to plaintext, as `Tls::unwrap` does). OpenSSL reads
+    /// records exactly (no read-ahead), so nothing after the close_notify is consumed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] before the peer's close_notify was read.
+    pub fn take_unread(&mut self) -> Result<Bytes> {
+        if !self.close_notify_received {
+            return Err(Error::InvalidState(
+                "unread bytes are taken after the peer's close_notify",
+            ));
+        }
+        let io = self.stream.get_mut();
+        io.rx_len = 0;
+        let mut chunks = std::mem::take(&mut io.rx);
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop_front().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::new();
+                for c in chunks {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        })
+    }
 }

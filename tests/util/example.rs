@@ -65,8 +65,18 @@ impl EchoServerProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        EchoServerProcess::start_example("tls_echo_server", args)
+    }
+
+    /// Starts example `name` with `--listen 127.0.0.1:0 ARGS` (log level `info`) and
+    /// waits until it logs "listening on ADDR".
+    pub fn start_example<I, S>(name: &str, args: I) -> EchoServerProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut child = Guard(
-            Command::new(example_path("tls_echo_server"))
+            Command::new(example_path(name))
                 .args(["--listen", "127.0.0.1:0"])
                 .args(args)
                 .env("RUST_LOG", "info")
@@ -75,7 +85,7 @@ impl EchoServerProcess {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
-                .expect("spawning tls_echo_server"),
+                .unwrap_or_else(|e| panic!("spawning {name}: {e}")),
         );
         let (log, reader) = collect(child.0.stderr.take().expect("stderr"));
         let deadline = Instant::now() + START_LIMIT;
@@ -90,12 +100,9 @@ impl EchoServerProcess {
                 break addr;
             }
             if let Some(status) = child.0.try_wait().expect("try_wait") {
-                panic!("tls_echo_server exited with {status}:\n{text}");
+                panic!("{name} exited with {status}:\n{text}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "tls_echo_server did not start:\n{text}"
-            );
+            assert!(Instant::now() < deadline, "{name} did not start:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         };
         EchoServerProcess {

@@ -62,6 +62,9 @@ fn finish_close<S: Stream>(lp: &mut Loop, id: RawId) {
     if let Some(cb) = t.drain.take() {
         cb(lp, Err(Error::Cancelled));
     }
+    if let Some(cb) = t.unwrap.take() {
+        cb(lp, Err(Error::Cancelled));
+    }
     if let Phase::Closing(cb) = std::mem::replace(&mut t.phase, Phase::Open) {
         cb(lp, tls);
     }
@@ -75,4 +78,28 @@ pub(super) fn inner_closed<S: Stream>(lp: &mut Loop, id: RawId, _inner: RawId) {
     t.inner_read = InnerRead::Ended;
     pump::fail::<S>(lp, id, Error::TransportClosed);
     lp.defer(move |lp| pump::pump::<S>(lp, id, true));
+}
+
+/// The unwrap is complete: frees the handle, releases the inner stream (not reading),
+/// and gives it to the unwrap's callback with the bytes after the peer's close_notify.
+pub(super) fn finish_unwrap<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(any) = lp.remove(id) else { return };
+    let Ok(mut t) = any.downcast::<TlsState<S>>() else {
+        return;
+    };
+    let inner = t.inner;
+    t.idle.stop(lp);
+    if let Some(HandleId(inner_id)) = inner.handle_id() {
+        lp.set_owner(inner_id, None);
+    }
+    if t.inner_read == InnerRead::On {
+        let _ = inner.stop_read(lp);
+    }
+    let rest = t.session.take_unread();
+    if let Some(cb) = t.drain.take() {
+        lp.complete(cb, Err(Error::Cancelled));
+    }
+    if let Some(cb) = t.unwrap.take() {
+        cb(lp, rest.map(|rest| (inner, rest)));
+    }
 }

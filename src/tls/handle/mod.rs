@@ -53,6 +53,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 type ReadCb<S> = Box<dyn FnMut(&mut Loop, Tls<S>, ReadResult)>;
 type CloseCb<S> = Box<dyn FnOnce(&mut Loop, Tls<S>)>;
 type HandshakeCb<S> = Box<dyn FnOnce(&mut Loop, Tls<S>, Result<()>)>;
+type UnwrapCb<S> = Box<dyn FnOnce(&mut Loop, Result<(S, Bytes)>)>;
 
 /// A TLS stream handle over an inner [`Stream`] (by default [`Tcp`]). Implements
 /// [`Stream`] with the same semantics as [`Tcp`].
@@ -154,6 +155,9 @@ enum Shutdown {
     Sent(DoneCb),
     /// Completed (or failed).
     Done,
+    /// [`Tls::unwrap`]: close_notify goes out after the queued writes, and the inner
+    /// stream is not shut down (it carries on in plaintext).
+    Unwrapping,
 }
 
 impl Shutdown {
@@ -240,6 +244,8 @@ struct TlsState<S: Stream> {
     on_connected: Option<HandshakeCb<S>>,
     /// The handshake timeout in force, for restarting its clock.
     handshake_timeout: Option<Duration>,
+    /// [`Tls::unwrap`]'s callback, while unwrapping.
+    unwrap: Option<UnwrapCb<S>>,
     read: ReadSide<ReadCb<S>>,
     writes: WritePath<DoneCb>,
     shutdown: Shutdown,
@@ -367,6 +373,52 @@ impl<S: Stream> Tls<S> {
     /// [`Error::Closed`] if `inner` is closed; [`Error::InvalidState`] if another `Tls`
     /// owns it already.
     pub fn with_session(lp: &mut Loop, inner: S, session: TlsSession) -> Result<Tls<S>> {
+        Tls::wrap(lp, inner, session, Bytes::new())
+    }
+
+    /// STARTTLS, server side: wraps `inner`, which carried plaintext until now, as the
+    /// server side of a TLS connection. `read_ahead` is what was already read from
+    /// `inner` past the upgrade point (the rest of the chunk that held the `STARTTLS`
+    /// command, say): it is handed to TLS as the first ciphertext. Reading passes to the
+    /// `Tls` at once: the plaintext reader of `inner` gets no further callback.
+    ///
+    /// Plaintext the peer pipelined after its upgrade command is therefore never
+    /// answered as if it came over TLS (the STARTTLS command-injection class,
+    /// CVE-2011-0411): it is not a valid TLS record, and the handshake fails. Write the
+    /// reply that allows the upgrade (`220`) before the call: it goes out first.
+    ///
+    /// # Errors
+    /// As [`server`](Tls::server).
+    pub fn server_upgrade(
+        lp: &mut Loop,
+        inner: S,
+        acceptor: &TlsAcceptor,
+        read_ahead: Bytes,
+    ) -> Result<Tls<S>> {
+        Tls::wrap(lp, inner, TlsSession::server(acceptor)?, read_ahead)
+    }
+
+    /// STARTTLS, client side: as [`server_upgrade`](Tls::server_upgrade), for the client
+    /// of a TLS connection to `server_name` (see [`client`](Tls::client)).
+    ///
+    /// # Errors
+    /// As [`client`](Tls::client).
+    pub fn client_upgrade(
+        lp: &mut Loop,
+        inner: S,
+        connector: &TlsConnector,
+        server_name: &str,
+        read_ahead: Bytes,
+    ) -> Result<Tls<S>> {
+        Tls::wrap(
+            lp,
+            inner,
+            TlsSession::client(connector, server_name)?,
+            read_ahead,
+        )
+    }
+
+    fn wrap(lp: &mut Loop, inner: S, mut session: TlsSession, read_ahead: Bytes) -> Result<Tls<S>> {
         if !inner.is_open(lp) {
             return Err(Error::Closed);
         }
@@ -375,6 +427,7 @@ impl<S: Stream> Tls<S> {
         {
             return Err(Error::InvalidState("the stream is wrapped already"));
         }
+        session.feed_ciphertext(read_ahead);
         let state = TlsState {
             inner,
             session,
@@ -383,6 +436,7 @@ impl<S: Stream> Tls<S> {
             on_handshake: None,
             on_connected: None,
             handshake_timeout: None,
+            unwrap: None,
             read: ReadSide::default(),
             writes: WritePath::default(),
             shutdown: Shutdown::Open,
@@ -404,6 +458,9 @@ impl<S: Stream> Tls<S> {
         if let Some(HandleId(inner_id)) = inner.handle_id() {
             lp.set_owner(inner_id, Some(id));
         }
+        // Reading passes to the Tls at once: a plaintext reader of the inner stream
+        // hears nothing more (the Tls starts its own reading from the loop).
+        let _ = as_owner(lp, inner, |lp| inner.stop_read(lp));
         let tls = Tls(id, PhantomData);
         tls.set_handshake_timeout(lp, Some(DEFAULT_HANDSHAKE_TIMEOUT))?;
         // Start the handshake from the loop: a client's ClientHello goes out, a server
@@ -513,6 +570,46 @@ impl<S: Stream> Tls<S> {
         }
         t.session.key_update(request_peer)?;
         pump::pump::<S>(lp, self.0, false);
+        Ok(())
+    }
+
+    /// Ends TLS and gives the inner stream back for plaintext (Python's
+    /// `SSLObject.unwrap`, for protocols that go back to plaintext): sends our
+    /// close_notify after the queued writes, reads until the peer's close_notify, and
+    /// once every write's callback has run, releases the inner stream and calls `cb`,
+    /// from the loop, with it and the bytes that followed the peer's close_notify (the
+    /// first plaintext of the next phase). The `Tls` handle is gone then; the inner
+    /// stream is not reading (start reading it to go on).
+    ///
+    /// Application data that arrives before the peer's close_notify goes to the read
+    /// callback if one is set (which then hears the end of stream); without one, it
+    /// fails the unwrap with [`Error::InvalidState`]. A failure or `close` meanwhile
+    /// gives `cb` the error or [`Error::Cancelled`], and the `Tls` stays (close it).
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; the handle's failure; [`Error::InvalidState`] before the
+    /// handshake completes, after `shutdown`, or if an unwrap is in progress.
+    pub fn unwrap(
+        self,
+        lp: &mut Loop,
+        cb: impl FnOnce(&mut Loop, Result<(S, Bytes)>) + 'static,
+    ) -> Result<()> {
+        lp.check_access(self.0)?;
+        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if let Some(e) = &t.failure {
+            return Err(e.clone());
+        }
+        if !matches!(t.handshake, Handshake::Done) {
+            return Err(Error::InvalidState("unwrap before the handshake completed"));
+        }
+        if !matches!(t.shutdown, Shutdown::Open) {
+            return Err(Error::InvalidState("unwrap after shutdown"));
+        }
+        t.shutdown = Shutdown::Unwrapping;
+        t.unwrap = Some(Box::new(cb));
+        pump::pump::<S>(lp, self.0, false);
+        let id = self.0;
+        lp.defer(move |lp| pump::pump::<S>(lp, id, true));
         Ok(())
     }
 

@@ -93,6 +93,7 @@ fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
     if from_loop {
         report_handshake::<S>(lp, id);
         read_path::deliver::<S>(lp, id);
+        read_path::unwrap_step::<S>(lp, id);
     } else if st::<S>(lp, id).is_some_and(|t| needs_loop(t)) {
         lp.defer(move |lp| pump::<S>(lp, id, true));
     }
@@ -166,7 +167,7 @@ fn encrypt<S: Stream>(lp: &mut Loop, id: RawId) -> Result<()> {
     let Some(t) = st::<S>(lp, id) else {
         return Ok(());
     };
-    if !t.writes.has_pending() && matches!(t.shutdown, Shutdown::Queued(_)) {
+    if !t.writes.has_pending() && matches!(t.shutdown, Shutdown::Queued(_) | Shutdown::Unwrapping) {
         t.session.shutdown()?;
     }
     Ok(())
@@ -257,6 +258,9 @@ fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>
                 update_inner_reading::<S>(lp, id);
             }
             super::check_drain::<S>(lp, id);
+            if st::<S>(lp, id).is_some_and(|t| t.unwrap.is_some()) {
+                pump::<S>(lp, id, true); // the unwrap waits for the writes
+            }
         }
         Err(_) if !t.is_open() => {
             // Closing: the requests this chunk carried were cancelled with it.
@@ -295,7 +299,9 @@ pub(super) fn update_inner_reading<S: Stream>(lp: &mut Loop, id: RawId) {
         && !t.generated.over_limit()
         && match t.handshake {
             Handshake::Running { .. } => true,
-            Handshake::Done => t.read.is_reading(),
+            Handshake::Done => {
+                t.read.is_reading() || (t.unwrap.is_some() && !t.session.received_close_notify())
+            }
             Handshake::Failed => false,
         };
     let on = t.inner_read == InnerRead::On;
@@ -367,6 +373,10 @@ pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
     let failed: Vec<DoneCb> = t.writes.take_all().collect();
     let shutdown = t.shutdown.take_waiting();
     let drain = t.drain.take();
+    if let Some(cb) = t.unwrap.take() {
+        let e = err.clone();
+        lp.defer(move |lp| cb(lp, Err(e)));
+    }
     for cb in failed.into_iter().chain(shutdown).chain(drain) {
         lp.complete(cb, Err(err.clone()));
     }

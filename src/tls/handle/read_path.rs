@@ -127,3 +127,45 @@ fn end_reading<S: Stream>(lp: &mut Loop, id: RawId, end: ReadEnd) {
         cb(lp, Tls(id, PhantomData), heard);
     }
 }
+
+/// [`Tls::unwrap`](super::Tls::unwrap) in progress: without a reader, reads on its own
+/// until the peer's close_notify (application data before it fails the unwrap); once
+/// both close_notifies are out and in and every write's callback has run, hands the
+/// inner stream back.
+pub(super) fn unwrap_step<S: Stream>(lp: &mut Loop, id: RawId) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    if t.unwrap.is_none() || t.failure.is_some() {
+        return;
+    }
+    if !t.session.received_close_notify() && !t.read.is_reading() {
+        let mut buf = bytes::BytesMut::new();
+        let outcome = t.session.read(&mut buf);
+        pump::flush::<S>(lp, id, true);
+        match outcome {
+            Ok(ReadOutcome::Data(_)) => {
+                pump::fail::<S>(
+                    lp,
+                    id,
+                    Error::InvalidState(
+                        "application data arrived before the peer's close_notify: read it first",
+                    ),
+                );
+                return;
+            }
+            Ok(ReadOutcome::WantRead | ReadOutcome::Eof) => {}
+            Err(e) => {
+                pump::fail::<S>(lp, id, e);
+                return;
+            }
+        }
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    let done = t.session.received_close_notify()
+        && t.session.is_shutdown_sent()
+        && t.session.buffered_ciphertext_out() == 0
+        && t.writes.pending_bytes() == 0
+        && !t.writes.has_unfinished();
+    if done {
+        super::close::finish_unwrap::<S>(lp, id);
+    }
+}

@@ -91,6 +91,11 @@ impl<C> WritePath<C> {
         !self.pending.is_empty()
     }
 
+    /// Whether any request waits for its callback.
+    pub(super) fn has_unfinished(&self) -> bool {
+        !self.reqs.is_empty()
+    }
+
     #[cfg(test)]
     pub(super) fn has_requests(&self) -> bool {
         !self.reqs.is_empty()
