@@ -61,6 +61,9 @@ enum Reaction {
 
 #[derive(Debug, Clone)]
 enum Op {
+    Unwrap {
+        side: u8,
+    },
     OnDrain {
         side: u8,
         level: u32,
@@ -207,6 +210,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => side.clone().prop_map(|side| Op::StopRead { side }),
         2 => (side.clone(), any::<bool>()).prop_map(|(side, request)| Op::KeyUpdate { side, request }),
         2 => side.clone().prop_map(|side| Op::OnHandshake { side }),
+        1 => side.clone().prop_map(|side| Op::Unwrap { side }),
         1 => (side.clone(), 0u8..30).prop_map(|(side, ms)| Op::HandshakeTimeout { side, ms }),
         1 => (side.clone(), 2u8..40).prop_map(|(side, ms)| Op::IdleTimeout { side, ms }),
         4 => (side.clone(), on, reaction).prop_map(|(side, on, then)| Op::React { side, on, then }),
@@ -239,6 +243,8 @@ struct Side {
     closed: Cell<bool>,
     /// Bytes queued when a shutdown was accepted, and its request.
     shutdown: Cell<Option<(u64, Req)>>,
+    /// The inner stream given back by a successful unwrap (closed at the end).
+    unwrapped: Cell<Option<Duplex>>,
 }
 
 fn react(lp: &mut Loop, side: &Rc<Side>, on: On) {
@@ -398,6 +404,27 @@ fn do_on_drain(lp: &mut Loop, side: &Rc<Side>, level: u32) {
     }
 }
 
+fn do_unwrap(lp: &mut Loop, side: &Rc<Side>) {
+    let sc = Rc::clone(side);
+    let req = Rc::new(Cell::new(None::<Req>));
+    let r2 = Rc::clone(&req);
+    let result = side.model.call(|| {
+        side.tls.unwrap(lp, move |_, r| {
+            if let Some(req) = r2.get() {
+                sc.model.complete(req, outcome(&r));
+            }
+            if let Ok((inner, _rest)) = r {
+                sc.unwrapped.set(Some(inner));
+                sc.closed.set(true);
+            }
+        })
+    });
+    match result {
+        Ok(()) => req.set(Some(side.model.request(side.h, ReqKind::Unwrap))),
+        Err(e) => side.model.note(format!("unwrap refused: {e}")),
+    }
+}
+
 fn do_on_handshake(lp: &mut Loop, side: &Rc<Side>) {
     let sc = Rc::clone(side);
     let req = Rc::new(Cell::new(None::<Req>));
@@ -457,6 +484,7 @@ impl World {
             outstanding: Cell::new(0),
             closed: Cell::new(false),
             shutdown: Cell::new(None),
+            unwrapped: Cell::new(None),
         }));
         let raw_seed = case * 4 + 3;
         let raw_peer = if raw {
@@ -479,6 +507,7 @@ impl World {
                 outstanding: Cell::new(0),
                 closed: Cell::new(false),
                 shutdown: Cell::new(None),
+                unwrapped: Cell::new(None),
             }));
             None
         };
@@ -540,6 +569,13 @@ impl World {
             Op::OnDrain { side, level } => {
                 if let Some(s) = self.sides.get(usize::from(side)) {
                     do_on_drain(lp, s, level);
+                }
+            }
+            Op::Unwrap { side } => {
+                if let Some(s) = self.sides.get(usize::from(side))
+                    && !s.closed.get()
+                {
+                    do_unwrap(lp, s);
                 }
             }
             Op::OnHandshake { side } => {
@@ -760,6 +796,9 @@ impl World {
         }
         for s in self.sides.clone() {
             do_close(&mut self.lp, &s);
+            if let Some(inner) = s.unwrapped.take() {
+                inner.close(&mut self.lp, |_, _| {});
+            }
         }
         if let Some(raw) = self.raw.take() {
             raw.end.close(&mut self.lp, |_, _| {});

@@ -654,6 +654,40 @@ impl TlsSession {
         self.stream.ssl()
     }
 
+    /// Looks at what comes next without consuming application data: `Data(n)` if
+    /// plaintext is ready (it stays for [`read`](Self::read)), `Eof` once the peer's
+    /// close_notify is read (it is consumed), `WantRead` if more ciphertext is needed.
+    /// Post-handshake messages before the data are processed as by `read`.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn peek(&mut self) -> Result<ReadOutcome> {
+        self.check_failed()?;
+        if !self.handshake()? {
+            return Ok(ReadOutcome::WantRead);
+        }
+        if self.close_notify_received {
+            return Ok(ReadOutcome::Eof);
+        }
+        clear_error_queue();
+        let mut byte = [0u8; 1];
+        match self.stream.ssl_peek(&mut byte) {
+            Ok(n) => Ok(ReadOutcome::Data(n)),
+            Err(e) => match e.code() {
+                ErrorCode::ZERO_RETURN => {
+                    self.close_notify_received = true;
+                    Ok(ReadOutcome::Eof)
+                }
+                ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
+                _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
+                _ => {
+                    let err = Error::Tls(self.failure(&e));
+                    Err(self.fail(err))
+                }
+            },
+        }
+    }
+
     /// Takes the bytes fed in that OpenSSL has not read, once the peer's close_notify
     /// has been read: what the peer sent after it (plaintext of the next phase, for a
     /// protocol that goes back to plaintext, as `Tls::unwrap` does). OpenSSL reads

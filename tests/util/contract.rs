@@ -31,6 +31,8 @@ pub enum ReqKind {
     Handshake,
     /// An `on_drain` watcher.
     Drain,
+    /// `Tls::unwrap`: once it succeeds the handle is gone, as after a close.
+    Unwrap,
     Write,
     Shutdown,
     Close,
@@ -158,8 +160,13 @@ impl Model {
         // Order: every earlier connect, write and shutdown is done already (the place of a
         // handshake or drain callback among the writes is not part of the contract); a
         // close comes after every other request.
-        let ordered =
-            |k: ReqKind| !matches!(k, ReqKind::Close | ReqKind::Handshake | ReqKind::Drain);
+        let ordered = |k: ReqKind| {
+            !matches!(
+                k,
+                ReqKind::Close | ReqKind::Handshake | ReqKind::Drain | ReqKind::Unwrap
+            )
+        };
+        let terminal = kind == ReqKind::Close || (kind == ReqKind::Unwrap && result == "ok");
         let pending_before: Vec<usize> = if ordered(kind) {
             hm.requests[..i]
                 .iter()
@@ -179,7 +186,7 @@ impl Model {
             .collect();
         hm.requests[i].done = Some(result);
         let name = hm.name.clone();
-        if kind == ReqKind::Close {
+        if terminal {
             hm.closed = true;
             hm.reading = false;
         }
@@ -189,9 +196,9 @@ impl Model {
                 "{name}: {kind:?}#{i} completed before earlier requests {pending_before:?}"
             ));
         }
-        if kind == ReqKind::Close && !pending_any.is_empty() {
+        if terminal && !pending_any.is_empty() {
             self.violation(format!(
-                "{name}: close callback before requests {pending_any:?} completed"
+                "{name}: {kind:?} callback before requests {pending_any:?} completed"
             ));
         }
     }

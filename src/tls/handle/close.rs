@@ -96,8 +96,17 @@ pub(super) fn finish_unwrap<S: Stream>(lp: &mut Loop, id: RawId) {
         let _ = inner.stop_read(lp);
     }
     let rest = t.session.take_unread();
+    let tls = Tls(id, PhantomData);
+    for cb in [t.on_connected.take(), t.on_handshake.take()]
+        .into_iter()
+        .flatten()
+    {
+        let outcome = t.handshake_outcome().unwrap_or(Err(Error::Cancelled));
+        cb(lp, tls, outcome);
+    }
+    // The handle is gone: a drain watcher hears that first.
     if let Some(cb) = t.drain.take() {
-        lp.complete(cb, Err(Error::Cancelled));
+        cb(lp, Err(Error::Cancelled));
     }
     if let Some(cb) = t.unwrap.take() {
         cb(lp, rest.map(|rest| (inner, rest)));

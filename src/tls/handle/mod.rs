@@ -482,12 +482,14 @@ impl<S: Stream> Tls<S> {
         cb: impl FnOnce(&mut Loop, Tls<S>, Result<()>) + 'static,
     ) -> Result<()> {
         let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        if let Some(outcome) = t.handshake_outcome() {
-            lp.defer(move |lp| cb(lp, self, outcome));
-            return Ok(());
-        }
+        let known = t.handshake_outcome().is_some();
         if let Some(old) = t.on_handshake.replace(Box::new(cb)) {
             lp.defer(move |lp| old(lp, self, Err(Error::Cancelled)));
+        }
+        if known {
+            // Reported by a pump from the loop, in its place among the other callbacks.
+            let id = self.0;
+            lp.defer(move |lp| pump::pump::<S>(lp, id, true));
         }
         Ok(())
     }
@@ -582,13 +584,15 @@ impl<S: Stream> Tls<S> {
     /// stream is not reading (start reading it to go on).
     ///
     /// Application data that arrives before the peer's close_notify goes to the read
-    /// callback if one is set (which then hears the end of stream); without one, it
-    /// fails the unwrap with [`Error::InvalidState`]. A failure or `close` meanwhile
-    /// gives `cb` the error or [`Error::Cancelled`], and the `Tls` stays (close it).
+    /// callback if one is set (which then hears the end of stream); without one, `cb`
+    /// gets [`Error::InvalidState`] and the data stays for a reader: read it, then call
+    /// `unwrap` again (writing is over once our close_notify went out). A failure or
+    /// `close` meanwhile gives `cb` the error or [`Error::Cancelled`], and the `Tls`
+    /// stays (close it).
     ///
     /// # Errors
     /// [`Error::Closed`]; the handle's failure; [`Error::InvalidState`] before the
-    /// handshake completes, after `shutdown`, or if an unwrap is in progress.
+    /// handshake completes, after `shutdown`, or while an unwrap is in progress.
     pub fn unwrap(
         self,
         lp: &mut Loop,
@@ -602,7 +606,11 @@ impl<S: Stream> Tls<S> {
         if !matches!(t.handshake, Handshake::Done) {
             return Err(Error::InvalidState("unwrap before the handshake completed"));
         }
-        if !matches!(t.shutdown, Shutdown::Open) {
+        if t.unwrap.is_some() {
+            return Err(Error::InvalidState("an unwrap is in progress"));
+        }
+        // Open, or an earlier unwrap stopped by data the user had to read first.
+        if !matches!(t.shutdown, Shutdown::Open | Shutdown::Unwrapping) {
             return Err(Error::InvalidState("unwrap after shutdown"));
         }
         t.shutdown = Shutdown::Unwrapping;

@@ -129,27 +129,32 @@ fn end_reading<S: Stream>(lp: &mut Loop, id: RawId, end: ReadEnd) {
 }
 
 /// [`Tls::unwrap`](super::Tls::unwrap) in progress: without a reader, reads on its own
-/// until the peer's close_notify (application data before it fails the unwrap); once
-/// both close_notifies are out and in and every write's callback has run, hands the
-/// inner stream back.
+/// until the peer's close_notify (application data before it fails the unwrap and stays
+/// for a reader); once both close_notifies are out and in and every write's callback
+/// has run, hands the inner stream back.
 pub(super) fn unwrap_step<S: Stream>(lp: &mut Loop, id: RawId) {
     let Some(t) = st::<S>(lp, id) else { return };
     if t.unwrap.is_none() || t.failure.is_some() {
         return;
     }
     if !t.session.received_close_notify() && !t.read.is_reading() {
-        let mut buf = bytes::BytesMut::new();
-        let outcome = t.session.read(&mut buf);
+        // Without a reader: look, without consuming application data.
+        let outcome = t.session.peek();
         pump::flush::<S>(lp, id, true);
         match outcome {
             Ok(ReadOutcome::Data(_)) => {
-                pump::fail::<S>(
-                    lp,
-                    id,
-                    Error::InvalidState(
-                        "application data arrived before the peer's close_notify: read it first",
-                    ),
-                );
+                // Data the user has not read yet: the unwrap cannot go on. The data
+                // stays for a reader; writing is over (our close_notify went out).
+                let Some(t) = st::<S>(lp, id) else { return };
+                if let Some(cb) = t.unwrap.take() {
+                    cb(
+                        lp,
+                        Err(Error::InvalidState(
+                            "application data arrived before the peer's close_notify: read it, then unwrap again",
+                        )),
+                    );
+                }
+                pump::update_inner_reading::<S>(lp, id);
                 return;
             }
             Ok(ReadOutcome::WantRead | ReadOutcome::Eof) => {}
