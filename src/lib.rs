@@ -106,7 +106,9 @@
 // unbound are allowed item by item, each with its safety argument.
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 mod async_handle;
+pub mod cookbook;
 mod drain;
 pub mod duplex;
 pub mod echo;
@@ -116,6 +118,7 @@ mod handle;
 mod listener;
 mod pipe;
 #[cfg(feature = "pki")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pki")))]
 pub mod pki;
 mod read_side;
 pub mod signal;

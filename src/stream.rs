@@ -88,8 +88,9 @@ impl<const N: usize> IntoBytes for &'static [u8; N] {
 /// - **`Loop::run` returns** once nothing is active: a handle is active while it reads,
 ///   connects or has requests in flight.
 ///
-/// The property test `tests/loop_props.rs` checks this contract for `Tcp` and `Pipe`
-/// against generated call orders.
+/// The property tests `tests/loop_props.rs` (`Tcp`, `Pipe`, `Timer` over loopback) and
+/// `tests/tls_props.rs` (`Tls` over [`Duplex`](crate::Duplex) with injected faults) check
+/// this contract against generated call orders.
 pub trait Stream: Copy + std::fmt::Debug + 'static {
     /// Starts delivering data to `cb`, replacing any previous read callback. After the
     /// end of stream or an error, `cb` hears that ending once (see the contract).
