@@ -4,7 +4,6 @@
 mod util;
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use biotls::echo::{EchoOptions, echo, echo_with};
 use biotls::error::{Alert, TlsAlert, VerifyKind};
 use biotls::pki::Pki;
 use biotls::tls::{ReadOutcome, SessionInfo, Tls, TlsAcceptor, TlsConnector, TlsSession};
-use biotls::{Error, Loop, Stream, Tcp, TcpListener, Timer};
+use biotls::{Duplex, Error, Loop, Stream, Tcp, TcpListener, Timer};
 use bytes::{Bytes, BytesMut};
 use openssl::ssl::{SslOptions, SslVersion};
 use openssl::x509::X509;
@@ -42,24 +41,15 @@ fn connector_builder(pki: &Pki) -> biotls::tls::TlsConnectorBuilder {
 /// Handshake outcomes seen by the server, in order.
 type ServerSide = Rc<RefCell<Vec<Result<SessionInfo, Error>>>>;
 
-/// An echo server on an ephemeral port recording each handshake's outcome.
-fn server(lp: &mut Loop, acceptor: TlsAcceptor) -> (TcpListener, SocketAddr, ServerSide) {
-    let listener = TcpListener::bind(lp, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr(lp).unwrap();
-    let seen: ServerSide = Rc::default();
+/// Serves `stream` as a TLS echo server, recording the handshake's outcome.
+fn serve<S: Stream>(lp: &mut Loop, stream: S, acceptor: &TlsAcceptor, seen: &ServerSide) {
+    let tls = Tls::server(lp, stream, acceptor).unwrap();
     let s = seen.clone();
-    listener
-        .listen(lp, move |lp, _, accepted| {
-            let tls = Tls::server(lp, accepted.unwrap(), &acceptor).unwrap();
-            let s = s.clone();
-            tls.on_handshake(lp, move |lp, tls, r| {
-                s.borrow_mut().push(r.map(|()| tls.info(lp).unwrap()));
-            })
-            .unwrap();
-            echo(lp, tls, EchoOptions::default()).unwrap();
-        })
-        .unwrap();
-    (listener, addr, seen)
+    tls.on_handshake(lp, move |lp, tls, r| {
+        s.borrow_mut().push(r.map(|()| tls.info(lp).unwrap()));
+    })
+    .unwrap();
+    echo(lp, tls, EchoOptions::default()).unwrap();
 }
 
 /// What our client saw once the echo came back.
@@ -84,11 +74,11 @@ fn dns_names(cert: Option<X509>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Connects to `addr` as `name`, sends a line, waits for its echo, shuts down cleanly.
-fn client(lp: &mut Loop, addr: SocketAddr, connector: &TlsConnector, name: &str) -> ClientSide {
+/// Over `stream`, as a client of `name`: sends a line, waits for its echo, shuts down
+/// cleanly.
+fn client<S: Stream>(lp: &mut Loop, stream: S, connector: &TlsConnector, name: &str) -> ClientSide {
     let out: ClientSide = Rc::default();
-    let tcp = Tcp::connect(lp, addr, |_, _, _| {}).unwrap();
-    let tls = Tls::client(lp, tcp, connector, name).unwrap();
+    let tls = Tls::client(lp, stream, connector, name).unwrap();
     tls.write(lp, &b"ping\n"[..], |_, _, _| {}).unwrap();
     let o = out.clone();
     let got = Rc::new(RefCell::new(Vec::new()));
@@ -122,13 +112,15 @@ fn exchange(
     connector: &TlsConnector,
     name: &str,
 ) -> (Result<Seen, Error>, Result<SessionInfo, Error>) {
+    // Only a transport is needed: an in-memory one.
     let mut lp = Loop::new().unwrap();
-    let (listener, addr, seen) = server(&mut lp, acceptor);
-    let c = client(&mut lp, addr, connector, name);
+    let (a, b) = Duplex::pair(&mut lp, 64 << 10).unwrap();
+    let seen: ServerSide = Rc::default();
+    serve(&mut lp, a, &acceptor, &seen);
+    let c = client(&mut lp, b, connector, name);
     run_until(&mut lp, LIMIT, || {
         c.borrow().is_some() && !seen.borrow().is_empty()
     });
-    listener.close(&mut lp);
     // Both ends finish with close_notify: a server session freed without it would be
     // dropped from the server's session cache.
     run_to_end(&mut lp, LIMIT);
