@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
+use crate::event_loop::Ops;
 use crate::event_loop::{Loop, Remote};
-use crate::handle::{Ops, RawId, handle_fmt};
+use crate::handle::{RawId, handle_fmt};
 
 type AsyncCb = Box<dyn FnMut(&mut Loop, Async)>;
 

@@ -20,8 +20,9 @@ use bytes::Bytes;
 
 use crate::drain::Drain;
 use crate::error::{Error, Result};
+use crate::event_loop::Ops;
 use crate::event_loop::{DoneCb, Loop};
-use crate::handle::{Ops, RawId, handle_fmt};
+use crate::handle::{RawId, handle_fmt};
 use crate::read_side::{ReadEnd, ReadSide};
 use crate::stream::{ReadResult, Stream};
 use crate::timer::Timer;

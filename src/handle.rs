@@ -4,19 +4,14 @@
 //! slot's generation changes when its handle is closed, so a stale id never reaches the
 //! state of a handle that reused the slot, and an id from another loop never matches.
 //!
-//! The arena knows no handle kind. Each slot holds its kind's state as `dyn Any` and a
-//! table of functions ([`Ops`]) through which the loop delivers readiness events,
-//! deferred service and the close of an owned handle, so a new kind of handle (a `Tls`
-//! over any stream, an in-memory stream) plugs in without the loop naming it. A kind's
-//! module reaches its own state with [`Loop::state`](crate::Loop), which checks the type.
+//! This module depends on nothing else in the crate; the arena itself (its slots and the
+//! per-slot table of functions through which the loop reaches any kind of handle) lives
+//! with the loop, in `event_loop`.
 
-use std::any::Any;
 use std::fmt;
 
 use mio::Token;
 use mio::event::Event;
-
-use crate::event_loop::Loop;
 
 /// The id inside every handle type.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,56 +77,6 @@ impl Readiness {
             writable: event.is_writable(),
             read_closed: event.is_read_closed(),
             error: event.is_error(),
-        }
-    }
-}
-
-/// What the loop can ask of a handle without knowing its kind.
-///
-/// None of these functions may run a user callback directly when called from inside a
-/// user's call (`owned_closed` runs inside the `close` of the owned handle): they record
-/// what happened and defer the callbacks.
-pub(crate) struct Ops {
-    /// A readiness event for the handle's token.
-    pub(crate) ready: fn(&mut Loop, RawId, Readiness),
-    /// Service requested with [`Loop::serve_soon`] (data left behind by a read budget,
-    /// a reader that started while data waited, a retry).
-    pub(crate) serve: fn(&mut Loop, RawId),
-    /// A handle this one owns (see [`Loop::set_owner`]) was closed by someone else.
-    pub(crate) owned_closed: fn(&mut Loop, RawId, RawId),
-}
-
-impl Ops {
-    /// For handles with no events, no deferred service and nothing owned.
-    pub(crate) const NONE: Ops = Ops {
-        ready: |_, _, _| {},
-        serve: |_, _| {},
-        owned_closed: |_, _, _| {},
-    };
-}
-
-/// One arena slot.
-pub(crate) struct Slot {
-    pub(crate) generation: u32,
-    /// The handle has work in progress (keeps `run` alive while referenced).
-    pub(crate) active: bool,
-    pub(crate) referenced: bool,
-    /// The handle that owns this one (a `Tls` owns its inner stream).
-    pub(crate) owner: Option<RawId>,
-    pub(crate) ops: &'static Ops,
-    /// `None` while the slot is free.
-    pub(crate) state: Option<Box<dyn Any>>,
-}
-
-impl Slot {
-    pub(crate) fn free() -> Slot {
-        Slot {
-            generation: 0,
-            active: false,
-            referenced: true,
-            owner: None,
-            ops: &Ops::NONE,
-            state: None,
         }
     }
 }

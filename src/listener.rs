@@ -14,7 +14,8 @@ use mio::Interest;
 
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
-use crate::handle::{Ops, RawId, Readiness};
+use crate::event_loop::Ops;
+use crate::handle::{RawId, Readiness};
 use crate::socket::ListenSock;
 use crate::stream_socket;
 use crate::timer::Timer;

@@ -7,7 +7,8 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
-use crate::handle::{Ops, RawId, Readiness, handle_fmt};
+use crate::event_loop::Ops;
+use crate::handle::{RawId, Readiness, handle_fmt};
 
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 

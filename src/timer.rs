@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
-use crate::handle::{Ops, RawId, handle_fmt};
+use crate::event_loop::Ops;
+use crate::handle::{RawId, handle_fmt};
 
 type TimerCb = Box<dyn FnMut(&mut Loop, Timer)>;
 

@@ -29,8 +29,9 @@ use mio::Interest;
 
 use crate::drain::Drain;
 use crate::error::{Error, Result};
+use crate::event_loop::Ops;
 use crate::event_loop::{DoneCb, Loop};
-use crate::handle::{Ops, RawId, Readiness};
+use crate::handle::{RawId, Readiness};
 use crate::read_side::ReadSide;
 use crate::socket::StreamSock;
 use crate::stream::ReadResult;

@@ -16,32 +16,34 @@
 //!
 //! Modules: `pump` (handshake, encryption, flushing, inner reading, failure),
 //! `read_path` (decrypting and delivering, the ending), `write_path` (the pure offset
-//! bookkeeping), `close`, `idle` (the idle timeout).
+//! bookkeeping), `close`, `idle` (the idle timeout), `info` (queries), `connect`
+//! (`Tls::connect`), `starttls` (upgrades and `unwrap`).
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use openssl::ssl::SslRef;
-use openssl::x509::X509;
 
 use super::config::{TlsAcceptor, TlsConnector};
-use super::session::{SessionInfo, TlsSession};
-use super::stats::TlsStats;
+use super::session::TlsSession;
 use crate::drain::Drain;
 use crate::error::{Error, Result, Timeout};
+use crate::event_loop::Ops;
 use crate::event_loop::{DoneCb, Loop};
-use crate::handle::{HandleId, Ops, RawId};
+use crate::handle::{HandleId, RawId};
 use crate::read_side::ReadSide;
 use crate::stream::{ReadResult, Stream};
 use crate::tcp::Tcp;
 use crate::timer::Timer;
 
 mod close;
+mod connect;
 mod idle;
+mod info;
 mod pump;
 mod read_path;
+mod starttls;
 mod write_path;
 
 use write_path::{RECORD, WritePath};
@@ -376,48 +378,6 @@ impl<S: Stream> Tls<S> {
         Tls::wrap(lp, inner, session, Bytes::new())
     }
 
-    /// STARTTLS, server side: wraps `inner`, which carried plaintext until now, as the
-    /// server side of a TLS connection. `read_ahead` is what was already read from
-    /// `inner` past the upgrade point (the rest of the chunk that held the `STARTTLS`
-    /// command, say): it is handed to TLS as the first ciphertext. Reading passes to the
-    /// `Tls` at once: the plaintext reader of `inner` gets no further callback.
-    ///
-    /// Plaintext the peer pipelined after its upgrade command is therefore never
-    /// answered as if it came over TLS (the STARTTLS command-injection class,
-    /// CVE-2011-0411): it is not a valid TLS record, and the handshake fails. Write the
-    /// reply that allows the upgrade (`220`) before the call: it goes out first.
-    ///
-    /// # Errors
-    /// As [`server`](Tls::server).
-    pub fn server_upgrade(
-        lp: &mut Loop,
-        inner: S,
-        acceptor: &TlsAcceptor,
-        read_ahead: Bytes,
-    ) -> Result<Tls<S>> {
-        Tls::wrap(lp, inner, TlsSession::server(acceptor)?, read_ahead)
-    }
-
-    /// STARTTLS, client side: as [`server_upgrade`](Tls::server_upgrade), for the client
-    /// of a TLS connection to `server_name` (see [`client`](Tls::client)).
-    ///
-    /// # Errors
-    /// As [`client`](Tls::client).
-    pub fn client_upgrade(
-        lp: &mut Loop,
-        inner: S,
-        connector: &TlsConnector,
-        server_name: &str,
-        read_ahead: Bytes,
-    ) -> Result<Tls<S>> {
-        Tls::wrap(
-            lp,
-            inner,
-            TlsSession::client(connector, server_name)?,
-            read_ahead,
-        )
-    }
-
     fn wrap(lp: &mut Loop, inner: S, mut session: TlsSession, read_ahead: Bytes) -> Result<Tls<S>> {
         if !inner.is_open(lp) {
             return Err(Error::Closed);
@@ -538,21 +498,10 @@ impl<S: Stream> Tls<S> {
         })
     }
 
-    /// The error that failed the handle, if one did (the same error every waiting
-    /// callback heard, and later calls return). `None` while it is healthy or closed.
-    pub fn failure(self, lp: &Loop) -> Option<Error> {
-        st_ref::<S>(lp, self.0).and_then(|t| t.failure.clone())
-    }
-
     /// Restarts the handshake timeout from now (when the transport connects).
     fn restart_handshake_clock(self, lp: &mut Loop) {
         let timeout = st::<S>(lp, self.0).and_then(|t| t.handshake_timeout);
         let _ = self.set_handshake_timeout(lp, timeout);
-    }
-
-    /// Whether the handshake has completed.
-    pub fn is_handshake_complete(self, lp: &Loop) -> bool {
-        st_ref::<S>(lp, self.0).is_some_and(|t| matches!(t.handshake, Handshake::Done))
     }
 
     /// Sends a TLS 1.3 KeyUpdate, and with `request_peer` asks the peer to update its
@@ -573,262 +522,6 @@ impl<S: Stream> Tls<S> {
         t.session.key_update(request_peer)?;
         pump::pump::<S>(lp, self.0, false);
         Ok(())
-    }
-
-    /// Ends TLS and gives the inner stream back for plaintext (Python's
-    /// `SSLObject.unwrap`, for protocols that go back to plaintext): sends our
-    /// close_notify after the queued writes, reads until the peer's close_notify, and
-    /// once every write's callback has run, releases the inner stream and calls `cb`,
-    /// from the loop, with it and the bytes that followed the peer's close_notify (the
-    /// first plaintext of the next phase). The `Tls` handle is gone then; the inner
-    /// stream is not reading (start reading it to go on).
-    ///
-    /// Application data that arrives before the peer's close_notify goes to the read
-    /// callback if one is set (which then hears the end of stream); without one, `cb`
-    /// gets [`Error::InvalidState`] and the data stays for a reader: read it, then call
-    /// `unwrap` again (writing is over once our close_notify went out). A failure or
-    /// `close` meanwhile gives `cb` the error or [`Error::Cancelled`], and the `Tls`
-    /// stays (close it).
-    ///
-    /// # Errors
-    /// [`Error::Closed`]; the handle's failure; [`Error::InvalidState`] before the
-    /// handshake completes, after `shutdown`, or while an unwrap is in progress.
-    pub fn unwrap(
-        self,
-        lp: &mut Loop,
-        cb: impl FnOnce(&mut Loop, Result<(S, Bytes)>) + 'static,
-    ) -> Result<()> {
-        lp.check_access(self.0)?;
-        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        if let Some(e) = &t.failure {
-            return Err(e.clone());
-        }
-        if !matches!(t.handshake, Handshake::Done) {
-            return Err(Error::InvalidState("unwrap before the handshake completed"));
-        }
-        if t.unwrap.is_some() {
-            return Err(Error::InvalidState("an unwrap is in progress"));
-        }
-        // Open, or an earlier unwrap stopped by data the user had to read first.
-        if !matches!(t.shutdown, Shutdown::Open | Shutdown::Unwrapping) {
-            return Err(Error::InvalidState("unwrap after shutdown"));
-        }
-        t.shutdown = Shutdown::Unwrapping;
-        t.unwrap = Some(Box::new(cb));
-        pump::pump::<S>(lp, self.0, false);
-        let id = self.0;
-        lp.defer(move |lp| pump::pump::<S>(lp, id, true));
-        Ok(())
-    }
-
-    /// Bytes moved so far and what was negotiated (see [`TlsStats`]).
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn stats(self, lp: &Loop) -> Result<TlsStats> {
-        let t = st_ref::<S>(lp, self.0).ok_or(Error::Closed)?;
-        let info = t.session.info();
-        Ok(TlsStats {
-            plaintext_in: t.counters.plain_delivered,
-            plaintext_out: t.writes.plain_encrypted(),
-            ciphertext_in: t.counters.cipher_received,
-            ciphertext_out: t.writes.cipher_sent(),
-            handshake_duration: t.counters.handshake_duration,
-            version: info.version,
-            cipher: info.cipher,
-            alpn: info.alpn,
-            resumed: info.resumed && t.session.is_handshake_complete(),
-        })
-    }
-
-    /// Whether the handshake resumed an earlier session (TLS 1.3 ticket, TLS 1.2 session
-    /// id or ticket) instead of a full handshake. `false` before the handshake completes.
-    pub fn is_resumed(self, lp: &Loop) -> bool {
-        st_ref::<S>(lp, self.0)
-            .is_some_and(|t| t.session.is_handshake_complete() && t.session.ssl().session_reused())
-    }
-
-    /// What was negotiated: protocol version, cipher, ALPN protocol, SNI name.
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn info(self, lp: &Loop) -> Result<SessionInfo> {
-        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.session.info())
-    }
-
-    /// The peer's certificate, once the handshake has received it.
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn peer_certificate(self, lp: &Loop) -> Result<Option<X509>> {
-        Ok(st_ref::<S>(lp, self.0)
-            .ok_or(Error::Closed)?
-            .session
-            .peer_certificate())
-    }
-
-    /// The names in the peer's certificate (subject, DNS names, IP addresses, e-mail
-    /// addresses), once the handshake has received it.
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn peer_identity(self, lp: &Loop) -> Result<Option<super::PeerIdentity>> {
-        Ok(self
-            .peer_certificate(lp)?
-            .map(|c| super::PeerIdentity::of(&c)))
-    }
-
-    /// The peer's certificate chain as sent by the peer.
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn peer_cert_chain(self, lp: &Loop) -> Result<Option<Vec<X509>>> {
-        Ok(st_ref::<S>(lp, self.0)
-            .ok_or(Error::Closed)?
-            .session
-            .peer_cert_chain())
-    }
-
-    /// Escape hatch: OpenSSL's view of the connection.
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn ssl(self, lp: &Loop) -> Result<&SslRef> {
-        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.session.ssl())
-    }
-
-    /// The inner stream handle (owned by this `Tls`: use it for queries and socket
-    /// options).
-    ///
-    /// # Errors
-    /// [`Error::Closed`].
-    pub fn inner(self, lp: &Loop) -> Result<S> {
-        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.inner)
-    }
-
-    /// Ciphertext received from the inner stream and not yet decrypted (0 when closed).
-    ///
-    /// It stays small: the handle reads the inner stream only while the handshake needs
-    /// input or the user is reading, so a peer that sends to a handle whose user stopped
-    /// reading fills the transport's buffers (the kernel's, for TCP), not this one.
-    pub fn buffered_ciphertext_in(self, lp: &Loop) -> usize {
-        st_ref::<S>(lp, self.0).map_or(0, |t| t.session.buffered_ciphertext_in())
-    }
-}
-
-/// The host part of `host:port` (`[::1]:443` gives `::1`), for SNI and verification.
-fn host_of(host_port: &str) -> Result<&str> {
-    let (host, port) = host_port
-        .rsplit_once(':')
-        .ok_or_else(|| Error::config(format!("{host_port:?}: expected host:port")))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(Error::config(format!("{host_port:?}: expected host:port")));
-    }
-    Ok(host)
-}
-
-impl Tls<Tcp> {
-    /// Connects to `host_port` (`"example.com:443"`, `"[::1]:443"`) and secures the
-    /// connection, in one call: resolves the name on a worker thread, connects with
-    /// Happy Eyeballs ([`Tcp::connect_host`]), and runs the TLS handshake with SNI and
-    /// certificate verification against the host. Returns the handle at once; `cb` runs
-    /// exactly once, from the loop, with the outcome: `Ok` once connected and
-    /// handshaken, or the first error that stopped it (resolution, connect, handshake,
-    /// verification, a timeout). After an error, close the handle, as after any
-    /// failure. Writes made meanwhile are queued; reading may start at once.
-    ///
-    /// The handshake timeout ([`set_handshake_timeout`](Tls::set_handshake_timeout),
-    /// default [`DEFAULT_HANDSHAKE_TIMEOUT`]) starts when TCP connects; the connect has
-    /// no limit but the system's unless [`set_connect_timeout`](Tls::set_connect_timeout)
-    /// sets one.
-    ///
-    /// # Examples
-    /// ```no_run
-    /// use biotls::tls::{Tls, TlsConnector};
-    /// use biotls::{Loop, Stream};
-    ///
-    /// let mut lp = Loop::new()?;
-    /// let connector = TlsConnector::builder()?.build(); // the system's CAs
-    /// let tls = Tls::connect(&mut lp, &connector, "example.com:443", |lp, tls, r| {
-    ///     if let Err(e) = r {
-    ///         eprintln!("{e}");
-    ///         tls.close(lp, |_, _| {});
-    ///     }
-    /// })?;
-    /// tls.set_connect_timeout(&mut lp, std::time::Duration::from_secs(10))?;
-    /// tls.write(&mut lp, b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n", |_, _, _| {})?;
-    /// tls.start_read(&mut lp, |lp, tls, r| match r {
-    ///     Ok(Some(data)) => print!("{}", String::from_utf8_lossy(&data)),
-    ///     _ => tls.close(lp, |_, _| {}),
-    /// })?;
-    /// lp.run()?;
-    /// # Ok::<(), biotls::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::Config`] if `host_port` is not `host:port` or OpenSSL cannot create the
-    /// session.
-    pub fn connect(
-        lp: &mut Loop,
-        connector: &TlsConnector,
-        host_port: &str,
-        cb: impl FnOnce(&mut Loop, Tls<Tcp>, Result<()>) + 'static,
-    ) -> Result<Tls<Tcp>> {
-        let host = host_of(host_port)?;
-        let me: std::rc::Rc<std::cell::Cell<Option<Tls<Tcp>>>> = Default::default();
-        let m = std::rc::Rc::clone(&me);
-        let tcp = Tcp::connect_host(lp, host_port, move |lp, _, r| {
-            // The handshake's clock starts now; a failure reaches `cb` through the
-            // handshake, which fails with the same error.
-            if r.is_ok()
-                && let Some(tls) = m.get()
-            {
-                tls.restart_handshake_clock(lp);
-            }
-        })?;
-        let tls = match Tls::client(lp, tcp, connector, host) {
-            Ok(tls) => tls,
-            Err(e) => {
-                tcp.close(lp, |_, _| {});
-                return Err(e);
-            }
-        };
-        me.set(Some(tls));
-        let t = st::<Tcp>(lp, tls.0).ok_or(Error::Closed)?;
-        t.on_connected = Some(Box::new(cb));
-        if let Handshake::Running { timer: Some(timer) } = t.handshake {
-            timer.stop(lp)?;
-        }
-        Ok(tls)
-    }
-
-    /// Fails a connect still in progress after `timeout` (see [`Tls::connect`]) with
-    /// [`Error::TimedOut`]`(Timeout::Connect)`.
-    ///
-    /// # Errors
-    /// [`Error::Closed`], or [`Error::InvalidState`] if the TCP connect is over.
-    pub fn set_connect_timeout(self, lp: &mut Loop, timeout: Duration) -> Result<()> {
-        self.inner(lp)?.set_connect_timeout(lp, timeout)
-    }
-
-    /// The peer's address (of the inner TCP stream).
-    ///
-    /// # Errors
-    /// [`Error::Closed`], or as [`Tcp::peer_addr`].
-    pub fn peer_addr(self, lp: &Loop) -> Result<std::net::SocketAddr> {
-        self.inner(lp)?.peer_addr(lp)
-    }
-
-    /// Our address (of the inner TCP stream).
-    ///
-    /// # Errors
-    /// [`Error::Closed`], or as [`Tcp::local_addr`].
-    pub fn local_addr(self, lp: &Loop) -> Result<std::net::SocketAddr> {
-        self.inner(lp)?.local_addr(lp)
     }
 }
 
