@@ -25,9 +25,6 @@ use super::resume::{self, SessionCache};
 use super::revocation::{self, CrlCheck};
 use crate::{Error, Result};
 
-// The acceptor moved to its own module; the handle still imports it from here.
-pub(super) use super::acceptor::TlsAcceptor;
-
 pub(super) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }

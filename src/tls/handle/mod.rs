@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::config::{TlsAcceptor, TlsConnector};
 use super::session::TlsSession;
+use super::{TlsAcceptor, TlsConnector};
 use crate::drain::Drain;
 use crate::error::{Error, Result, Timeout};
 use crate::event_loop::Ops;
