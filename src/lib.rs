@@ -17,13 +17,13 @@
 //! 1. [`Loop`]: a single-threaded event loop that owns every handle's state, the timers
 //!    and a queue of deferred completions. Run it with [`Loop::run`],
 //!    [`Loop::run_once`] or [`Loop::run_nowait`].
-//! 2. Handles: [`Tcp`], [`TcpListener`], [`Pipe`], [`PipeListener`], [`Timer`], [`Async`], [`Signal`], small `Copy`
-//!    ids. Every callback receives `&mut Loop` and the handle, so it can act on any
+//! 2. Handles: [`Tcp`], [`TcpListener`], [`Pipe`], [`PipeListener`], [`Duplex`] (an
+//!    in-memory stream pair), [`Timer`], [`Async`], [`Signal`], small `Copy` ids. Every callback receives `&mut Loop` and the handle, so it can act on any
 //!    handle; an id that outlived its handle gives [`Error::Closed`], never another
 //!    handle's state.
 //! 3. [`Stream`]: the interface of stream handles (`start_read`, `stop_read`, `write`,
-//!    `shutdown`, `close`, `write_queue_size`) with libuv's callback contract (see the
-//!    trait's docs).
+//!    `shutdown`, `close`, `write_queue_size`, `on_drain`) with libuv's callback
+//!    contract (see the trait's docs).
 //! 4. [`tls::TlsSession`]: TLS without I/O, an OpenSSL `SSL` over in-memory buffers.
 //! 5. [`Tls`]: a session pumped over any inner `Stream`, itself a `Stream`: code written
 //!    against the trait (such as [`echo`]) runs over TCP, a Unix-domain [`Pipe`], TLS, or
@@ -52,8 +52,8 @@
 //! # Ok::<(), biotls::Error>(())
 //! ```
 //!
-//! The client side connects, wraps, writes (queued until the handshake completes) and
-//! reads; see [`Tls`] for a complete client.
+//! The client side is one call, [`Tls::connect`] (resolve, connect, handshake); writes
+//! made meanwhile are queued. [`cookbook`] has complete programs for the common tasks.
 //!
 //! ## Data path
 //!

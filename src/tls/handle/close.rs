@@ -7,7 +7,7 @@
 
 use std::marker::PhantomData;
 
-use super::{CloseCb, Handshake, InnerRead, Phase, Tls, TlsState, pump, st};
+use super::{CloseCb, Handshake, InnerRead, Phase, Tls, TlsState, Unwrap, pump, st};
 use crate::error::Error;
 use crate::event_loop::Loop;
 use crate::handle::{HandleId, RawId};
@@ -83,6 +83,10 @@ pub(super) fn inner_closed<S: Stream>(lp: &mut Loop, id: RawId, _inner: RawId) {
 /// The unwrap is complete: frees the handle, releases the inner stream (not reading),
 /// and gives it to the unwrap's callback with the bytes after the peer's close_notify.
 pub(super) fn finish_unwrap<S: Stream>(lp: &mut Loop, id: RawId) {
+    // Still finishing (not failed or closed meanwhile)?
+    if !st::<S>(lp, id).is_some_and(|t| matches!(t.unwrap, Unwrap::Finishing(_))) {
+        return;
+    }
     let Some(any) = lp.remove(id) else { return };
     let Ok(mut t) = any.downcast::<TlsState<S>>() else {
         return;

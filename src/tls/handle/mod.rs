@@ -184,6 +184,39 @@ enum InnerRead {
     Ended,
 }
 
+/// Whether acknowledged writes are being completed right now, directly (from the
+/// loop): a pump that a write callback starts must then leave the rest to that loop, so
+/// callbacks keep the order of the writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Completing {
+    No,
+    Directly,
+}
+
+/// Where [`Tls::unwrap`] stands.
+enum Unwrap<S: Stream> {
+    None,
+    /// Waiting for the close_notifies and the writes.
+    Waiting(UnwrapCb<S>),
+    /// Done: the handle is handed back from the loop, after every callback queued
+    /// before (so the unwrap's callback is the handle's last).
+    Finishing(UnwrapCb<S>),
+}
+
+impl<S: Stream> Unwrap<S> {
+    fn is_some(&self) -> bool {
+        !matches!(self, Unwrap::None)
+    }
+
+    /// Takes the callback, waiting or finishing.
+    fn take(&mut self) -> Option<UnwrapCb<S>> {
+        match std::mem::replace(self, Unwrap::None) {
+            Unwrap::Waiting(cb) | Unwrap::Finishing(cb) => Some(cb),
+            Unwrap::None => None,
+        }
+    }
+}
+
 /// The re-entrancy guard of [`pump::pump`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pump {
@@ -246,8 +279,8 @@ struct TlsState<S: Stream> {
     on_connected: Option<HandshakeCb<S>>,
     /// The handshake timeout in force, for restarting its clock.
     handshake_timeout: Option<Duration>,
-    /// [`Tls::unwrap`]'s callback, while unwrapping.
-    unwrap: Option<UnwrapCb<S>>,
+    /// [`Tls::unwrap`], while unwrapping.
+    unwrap: Unwrap<S>,
     read: ReadSide<ReadCb<S>>,
     writes: WritePath<DoneCb>,
     shutdown: Shutdown,
@@ -255,6 +288,7 @@ struct TlsState<S: Stream> {
     failure: Option<Error>,
     inner_read: InnerRead,
     pump: Pump,
+    completing: Completing,
     /// A deferred pump will encrypt the small writes queued meanwhile.
     cork: bool,
     generated: Generated,
@@ -396,13 +430,14 @@ impl<S: Stream> Tls<S> {
             on_handshake: None,
             on_connected: None,
             handshake_timeout: None,
-            unwrap: None,
+            unwrap: Unwrap::None,
             read: ReadSide::default(),
             writes: WritePath::default(),
             shutdown: Shutdown::Open,
             failure: None,
             inner_read: InnerRead::Off,
             pump: Pump::Idle,
+            completing: Completing::No,
             cork: false,
             generated: Generated::default(),
             idle: idle::Idle::default(),
@@ -642,6 +677,9 @@ impl<S: Stream> Stream for Tls<S> {
     {
         let queued = queued::<S>(lp, self.0).ok_or(Error::Closed)?;
         let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if matches!(t.unwrap, Unwrap::Finishing(_)) {
+            return Err(Error::InvalidState("the handle is being unwrapped"));
+        }
         let broken = t.failure.clone();
         let mut drain = std::mem::take(&mut t.drain);
         let id = self.0;

@@ -9,7 +9,10 @@
 //! deferred pumps), never inside a user's call.
 
 use super::write_path::Encrypt;
-use super::{Handshake, InnerRead, Pump, Shutdown, Tls, TlsState, as_owner, read_path, st, st_any};
+use super::{
+    Completing, Handshake, InnerRead, Pump, Shutdown, Tls, TlsState, as_owner, read_path, st,
+    st_any,
+};
 use crate::error::{Error, Result};
 use crate::event_loop::{DoneCb, Loop};
 use crate::handle::RawId;
@@ -278,12 +281,22 @@ fn on_inner_written<S: Stream>(lp: &mut Loop, id: RawId, end: u64, r: Result<()>
 /// Completes the write requests whose last ciphertext byte the inner stream wrote.
 /// `direct`: called from the loop, so callbacks may run now instead of being deferred.
 pub(super) fn complete_acked<S: Stream>(lp: &mut Loop, id: RawId, direct: bool) {
+    let Some(t) = st_any::<S>(lp, id) else { return };
+    if t.completing == Completing::Directly {
+        return; // the direct loop below, further up the stack, goes on in order
+    }
+    if direct {
+        t.completing = Completing::Directly;
+    }
     while let Some(cb) = st_any::<S>(lp, id).and_then(|t| t.writes.pop_done(None)) {
         if direct {
             cb(lp, Ok(()));
         } else {
             lp.complete(cb, Ok(()));
         }
+    }
+    if let Some(t) = st_any::<S>(lp, id) {
+        t.completing = Completing::No;
     }
 }
 
@@ -367,10 +380,11 @@ pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
     let Some(t) = st::<S>(lp, id) else { return };
     let mut idle = std::mem::take(&mut t.idle);
     idle.stop(lp);
-    // Requests whose ciphertext was written keep their `Ok`; the rest fail.
+    // Requests whose ciphertext was written keep their `Ok` (completed here, or by the
+    // direct loop this failure interrupted); the rest fail.
     complete_acked::<S>(lp, id, false);
     let Some(t) = st::<S>(lp, id) else { return };
-    let failed: Vec<DoneCb> = t.writes.take_all().collect();
+    let failed: Vec<DoneCb> = t.writes.take_unacked();
     let shutdown = t.shutdown.take_waiting();
     let drain = t.drain.take();
     if let Some(cb) = t.unwrap.take() {

@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use super::{Handshake, Tls, pump, st};
+use super::{Handshake, Tls, Unwrap, pump, st};
 use crate::error::Error;
 use crate::event_loop::Loop;
 use crate::handle::RawId;
@@ -134,7 +134,7 @@ fn end_reading<S: Stream>(lp: &mut Loop, id: RawId, end: ReadEnd) {
 /// has run, hands the inner stream back.
 pub(super) fn unwrap_step<S: Stream>(lp: &mut Loop, id: RawId) {
     let Some(t) = st::<S>(lp, id) else { return };
-    if t.unwrap.is_none() || t.failure.is_some() {
+    if !matches!(t.unwrap, Unwrap::Waiting(_)) || t.failure.is_some() {
         return;
     }
     if !t.session.received_close_notify() && !t.read.is_reading() {
@@ -170,7 +170,8 @@ pub(super) fn unwrap_step<S: Stream>(lp: &mut Loop, id: RawId) {
         && t.session.buffered_ciphertext_out() == 0
         && t.writes.pending_bytes() == 0
         && !t.writes.has_unfinished();
-    if done {
-        super::close::finish_unwrap::<S>(lp, id);
+    if done && let Unwrap::Waiting(cb) = std::mem::replace(&mut t.unwrap, Unwrap::None) {
+        t.unwrap = Unwrap::Finishing(cb);
+        lp.defer(move |lp| super::close::finish_unwrap::<S>(lp, id));
     }
 }

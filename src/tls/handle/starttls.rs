@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{Handshake, Shutdown, Tls, pump, st};
+use super::{Handshake, Shutdown, Tls, Unwrap, pump, st};
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
 use crate::stream::Stream;
@@ -92,7 +92,7 @@ impl<S: Stream> Tls<S> {
             return Err(Error::InvalidState("unwrap after shutdown"));
         }
         t.shutdown = Shutdown::Unwrapping;
-        t.unwrap = Some(Box::new(cb));
+        t.unwrap = Unwrap::Waiting(Box::new(cb));
         pump::pump::<S>(lp, self.0, false);
         let id = self.0;
         lp.defer(move |lp| pump::pump::<S>(lp, id, true));

@@ -211,6 +211,26 @@ impl<C> WritePath<C> {
         self.reqs.pop_front().map(|r| r.cb)
     }
 
+    /// Takes the requests whose ciphertext is not acknowledged (a failure), front first,
+    /// and drops the pending plaintext; acknowledged ones stay at the front, to complete
+    /// `Ok` in order.
+    pub(super) fn take_unacked(&mut self) -> Vec<C> {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        let acked = self.cipher_acked;
+        let keep = self
+            .reqs
+            .iter()
+            .take_while(|r| r.cipher_end.is_some_and(|end| end <= acked))
+            .count();
+        self.marked = self.marked.min(keep);
+        self.reqs
+            .split_off(keep)
+            .into_iter()
+            .map(|r| r.cb)
+            .collect()
+    }
+
     /// Takes every request still waiting (failure or close), front first, and drops the
     /// pending plaintext.
     pub(super) fn take_all(&mut self) -> impl Iterator<Item = C> + use<C> {
@@ -317,6 +337,23 @@ mod tests {
         let rest: Vec<u32> = w.take_all().collect();
         assert_eq!(rest, [2, 3]);
         assert_eq!(w.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn a_failure_leaves_acknowledged_requests_to_complete_in_order() {
+        let mut w: WritePath<u32> = WritePath::default();
+        let mut enc = fake();
+        w.push([Bytes::from_static(b"a")], 1);
+        w.encrypt(&mut enc, &mut Vec::new()).unwrap();
+        let first = w.sent(23);
+        w.push([Bytes::from_static(b"b")], 2);
+        w.encrypt(&mut enc, &mut Vec::new()).unwrap();
+        w.sent(23);
+        w.push([Bytes::from_static(b"c")], 3);
+        w.acked(first);
+        assert_eq!(w.take_unacked(), [2, 3]);
+        assert_eq!(w.pop_done(None), Some(1));
+        assert!(!w.has_requests());
     }
 
     #[test]
