@@ -9,7 +9,7 @@
 //! came in between.
 
 use crate::error::Error;
-use crate::event_loop::{DoneCb, Loop};
+use crate::event_loop::{DoneCb, Queue};
 
 /// At most one watcher: a level and its callback.
 #[derive(Default)]
@@ -25,31 +25,36 @@ impl Drain {
     /// below `level` has a re-check queued with `schedule`. Nothing runs here.
     pub(crate) fn set(
         &mut self,
-        lp: &mut Loop,
+        q: &mut Queue<'_>,
         level: usize,
         cb: DoneCb,
         queued: usize,
         broken: Option<&Error>,
-        schedule: impl FnOnce(&mut Loop),
+        schedule: impl FnOnce(&mut Queue<'_>),
     ) {
         if let Some((_, old)) = self.watcher.replace((level, cb)) {
-            lp.complete(old, Err(Error::Cancelled));
+            q.complete(old, Err(Error::Cancelled));
         }
         match broken {
-            Some(e) => self.fail(lp, e),
-            None => self.check(lp, queued, schedule),
+            Some(e) => self.fail(q, e),
+            None => self.check(q, queued, schedule),
         }
     }
 
     /// Queues a re-check with `schedule` if the watcher is due at `queued` bytes.
-    pub(crate) fn check(&mut self, lp: &mut Loop, queued: usize, schedule: impl FnOnce(&mut Loop)) {
+    pub(crate) fn check(
+        &mut self,
+        q: &mut Queue<'_>,
+        queued: usize,
+        schedule: impl FnOnce(&mut Queue<'_>),
+    ) {
         let due = self
             .watcher
             .as_ref()
             .is_some_and(|(level, _)| queued <= *level);
         if due && !self.scheduled {
             self.scheduled = true;
-            schedule(lp);
+            schedule(q);
         }
     }
 
@@ -63,9 +68,9 @@ impl Drain {
     }
 
     /// Fails the watcher with the stream's failure (queued).
-    pub(crate) fn fail(&mut self, lp: &mut Loop, e: &Error) {
+    pub(crate) fn fail(&mut self, q: &mut Queue<'_>, e: &Error) {
         if let Some((_, cb)) = self.watcher.take() {
-            lp.complete(cb, Err(e.clone()));
+            q.complete(cb, Err(e.clone()));
         }
     }
 

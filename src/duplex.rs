@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::drain::Drain;
 use crate::error::{Error, Result};
 use crate::event_loop::Ops;
-use crate::event_loop::{DoneCb, Loop};
+use crate::event_loop::{DoneCb, Loop, Queue};
 use crate::handle::{RawId, handle_fmt};
 use crate::read_side::{ReadEnd, ReadSide};
 use crate::stream::{ReadResult, Stream};
@@ -338,20 +338,15 @@ fn move_out(lp: &mut Loop, id: RawId) {
     for (cb, r) in done {
         lp.complete(cb, r);
     }
-    if let Ok(t) = state(lp, id) {
-        let queued = t.out.bytes();
-        let mut drain = std::mem::take(&mut t.drain);
-        drain.check(lp, queued, |lp| schedule_drain(lp, id));
-        if let Ok(t) = state(lp, id) {
-            t.drain = drain;
-        }
-    }
+    lp.with_queue::<DuplexState, _>(id, |t, q| {
+        t.drain.check(q, t.out.bytes(), |q| schedule_drain(q, id));
+    });
     update_active(lp, id);
 }
 
 /// Queues the drain watcher's re-check (see `drain`).
-fn schedule_drain(lp: &mut Loop, id: RawId) {
-    lp.defer(move |lp| {
+fn schedule_drain(q: &mut Queue<'_>, id: RawId) {
+    q.defer(move |lp| {
         let Ok(t) = state(lp, id) else { return };
         let queued = t.out.bytes();
         if let Some(cb) = t.drain.recheck(queued) {
@@ -547,22 +542,16 @@ impl Stream for Duplex {
     where
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {
-        let t = state(lp, self.0)?;
-        let queued = t.out.bytes();
-        let broken = t.broken.clone();
-        let mut drain = std::mem::take(&mut t.drain);
         let id = self.0;
-        drain.set(
-            lp,
-            level,
-            Box::new(move |lp, r| cb(lp, self, r)),
-            queued,
-            broken.as_ref(),
-            |lp| schedule_drain(lp, id),
-        );
-        if let Ok(t) = state(lp, self.0) {
-            t.drain = drain;
-        }
+        let cb: DoneCb = Box::new(move |lp, r| cb(lp, self, r));
+        lp.with_queue::<DuplexState, _>(id, |t, q| {
+            let broken = t.broken.clone();
+            let queued = t.out.bytes();
+            t.drain.set(q, level, cb, queued, broken.as_ref(), |q| {
+                schedule_drain(q, id)
+            });
+        })
+        .ok_or(Error::Closed)?;
         Ok(())
     }
 

@@ -44,6 +44,22 @@ pub(crate) enum Deferred {
     Call(Box<dyn FnOnce(&mut Loop)>),
 }
 
+/// The loop's queue of deferred callbacks, lent to a handle's state (see
+/// [`Loop::with_queue`]).
+pub(crate) struct Queue<'a>(&'a mut VecDeque<Deferred>);
+
+impl Queue<'_> {
+    /// As [`Loop::complete`].
+    pub(crate) fn complete(&mut self, cb: DoneCb, result: Result<()>) {
+        self.0.push_back(Deferred::Done(cb, result));
+    }
+
+    /// As [`Loop::defer`].
+    pub(crate) fn defer(&mut self, f: impl FnOnce(&mut Loop) + 'static) {
+        self.0.push_back(Deferred::Call(Box::new(f)));
+    }
+}
+
 /// The loop side of a `queue_work` job: takes the boxed result.
 type JobDone = Box<dyn FnOnce(&mut Loop, Box<dyn Any + Send>)>;
 /// What a job posts back: its boxed result, or the payload of its panic.
@@ -350,6 +366,24 @@ impl Loop {
 
     pub(crate) fn registry(&self) -> &mio::Registry {
         self.poll.registry()
+    }
+
+    /// Calls `f` with the state of handle `id` (of type `T`) and the queue of deferred
+    /// callbacks, so a state can queue completions without being taken out of its slot.
+    pub(crate) fn with_queue<T: 'static, R>(
+        &mut self,
+        id: RawId,
+        f: impl FnOnce(&mut T, &mut Queue<'_>) -> R,
+    ) -> Option<R> {
+        if id.loop_id != self.id {
+            return None;
+        }
+        let slot = self
+            .slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation)?;
+        let state = slot.state.as_mut()?.downcast_mut::<T>()?;
+        Some(f(state, &mut Queue(&mut self.deferred)))
     }
 
     /// Calls `f` with the poll registry and the state of handle `id` (of type `T`), for

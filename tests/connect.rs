@@ -18,30 +18,6 @@ use util::{run_to_end, run_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// An address whose SYNs are dropped: a listener with a full backlog (kept alive).
-fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.listen(0).unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    let fillers = (0..4)
-        .filter_map(|_| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
-        })
-        .collect();
-    (s, fillers, addr)
-}
-
-/// An address where connects are refused (bound, never listening).
-fn refused() -> (socket2::Socket, SocketAddr) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    (s, addr)
-}
-
 type Outcome = Rc<RefCell<Option<(Result<(), Error>, Duration)>>>;
 
 fn connect(lp: &mut Loop, addrs: &[SocketAddr]) -> (Tcp, Outcome) {
@@ -57,7 +33,7 @@ fn connect(lp: &mut Loop, addrs: &[SocketAddr]) -> (Tcp, Outcome) {
 
 #[test]
 fn a_black_holed_first_address_does_not_hold_up_the_next() {
-    let (_hole, _fillers, hole) = black_hole();
+    let (_hole, _fillers, hole) = util::black_hole();
     let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut lp = Loop::new().unwrap();
     let (tcp, out) = connect(&mut lp, &[hole, live.local_addr().unwrap()]);
@@ -75,7 +51,7 @@ fn a_black_holed_first_address_does_not_hold_up_the_next() {
 
 #[test]
 fn a_refused_first_address_fails_over_at_once() {
-    let (_r, refused) = refused();
+    let (_r, refused) = util::refused_addr();
     let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut lp = Loop::new().unwrap();
     let (tcp, out) = connect(&mut lp, &[refused, live.local_addr().unwrap()]);
@@ -89,7 +65,7 @@ fn a_refused_first_address_fails_over_at_once() {
 
 #[test]
 fn when_every_address_fails_the_last_error_is_reported_once() {
-    let ((_a, a), (_b, b)) = (refused(), refused());
+    let ((_a, a), (_b, b)) = (util::refused_addr(), util::refused_addr());
     let mut lp = Loop::new().unwrap();
     let (tcp, out) = connect(&mut lp, &[a, b]);
     let wrote = Rc::new(RefCell::new(None));
@@ -114,7 +90,7 @@ fn when_every_address_fails_the_last_error_is_reported_once() {
 
 #[test]
 fn data_that_comes_with_a_winning_attempts_connect_is_read() {
-    let (_hole, _fillers, hole) = black_hole();
+    let (_hole, _fillers, hole) = util::black_hole();
     let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = live.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -143,8 +119,8 @@ fn data_that_comes_with_a_winning_attempts_connect_is_read() {
 
 #[test]
 fn the_connect_timeout_covers_every_attempt() {
-    let (_h1, _f1, h1) = black_hole();
-    let (_h2, _f2, h2) = black_hole();
+    let (_h1, _f1, h1) = util::black_hole();
+    let (_h2, _f2, h2) = util::black_hole();
     let mut lp = Loop::new().unwrap();
     let (tcp, out) = connect(&mut lp, &[h1, h2]);
     tcp.set_connect_timeout(&mut lp, Duration::from_millis(600))
@@ -209,7 +185,7 @@ fn tls_connect_reports_the_first_error_once() {
     let pki = Pki::generate(&["localhost"]).unwrap();
     let mut lp = Loop::new().unwrap();
     // A refused port.
-    let (_r, addr) = refused();
+    let (_r, addr) = util::refused_addr();
     let outcome = Rc::new(RefCell::new(Vec::new()));
     let o = Rc::clone(&outcome);
     let tls = Tls::connect(

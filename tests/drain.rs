@@ -12,29 +12,16 @@ use biotls::bytes::Bytes;
 use biotls::duplex::Fault;
 use biotls::pki::Pki;
 use biotls::tls::Tls;
-use biotls::{Duplex, Error, Loop, Pipe, Stream, Tcp, TcpListener};
+use biotls::{Duplex, Error, Loop, Pipe, Stream};
 use util::{pattern, pattern_byte, run_to_end, run_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const HIGH: usize = 1 << 20;
 const LOW: usize = 256 << 10;
 
-fn tcp_pair(lp: &mut Loop) -> (Tcp, Tcp) {
-    let l = TcpListener::bind(lp, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr(lp).unwrap();
-    let got = Rc::new(Cell::new(None));
-    let g = Rc::clone(&got);
-    l.listen(lp, move |_, _, r| g.set(Some(r.unwrap())))
-        .unwrap();
-    let client = Tcp::connect(lp, addr, |_, _, r| r.unwrap()).unwrap();
-    run_until(lp, LIMIT, || got.get().is_some());
-    l.close(lp);
-    (client, got.get().unwrap())
-}
-
 fn tls_pair(lp: &mut Loop) -> (Tls, Tls) {
     let pki = Pki::generate(&["localhost"]).unwrap();
-    let (a, b) = tcp_pair(lp);
+    let (a, b) = util::tcp_pair(lp);
     let client = Tls::client(lp, a, &pki.connector().unwrap(), "localhost").unwrap();
     let server = Tls::server(lp, b, &pki.acceptor().unwrap()).unwrap();
     (client, server)
@@ -127,7 +114,7 @@ fn producer_moves_everything_with_a_bounded_queue<S: Stream, R: Stream>(
 #[test]
 fn a_producer_with_drain_over_tcp() {
     let mut lp = Loop::new().unwrap();
-    let pair = tcp_pair(&mut lp);
+    let pair = util::tcp_pair(&mut lp);
     producer_moves_everything_with_a_bounded_queue(&mut lp, pair);
 }
 

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use biotls::{Error, Loop, Pipe, Stream, Tcp, TcpListener, Timer};
 use bytes::Bytes;
@@ -28,16 +28,6 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
     });
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
-}
-
-/// A local address where connects are refused: a bound socket that never listens (kept
-/// open, so no other test can take the port meanwhile).
-fn refused_addr() -> (socket2::Socket, SocketAddr) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let addr = s.local_addr().unwrap().as_socket().unwrap();
-    (s, addr)
 }
 
 type Log = Rc<RefCell<Vec<String>>>;
@@ -212,7 +202,7 @@ fn timeouts_too_large_to_represent_mean_never_not_a_panic() {
     t.start(&mut lp, Duration::MAX, None, |_, _| panic!("fired"))
         .unwrap();
     t.unref(&mut lp).unwrap();
-    let (_refused, addr) = refused_addr();
+    let (_refused, addr) = util::refused_addr();
     let tcp = Tcp::connect(&mut lp, addr, |_, _, _| {}).unwrap();
     tcp.set_connect_timeout(&mut lp, Duration::MAX).unwrap();
     run_to_end(&mut lp, LIMIT);
@@ -226,7 +216,7 @@ fn timeouts_too_large_to_represent_mean_never_not_a_panic() {
 #[test]
 fn a_refused_connect_completes_its_callback_then_writes_then_shutdown_then_the_reader() {
     let mut lp = Loop::new().unwrap();
-    let (_refused, addr) = refused_addr();
+    let (_refused, addr) = util::refused_addr();
     let order = log();
     let o = Rc::clone(&order);
     let tcp = Tcp::connect(&mut lp, addr, move |_, _, r| {
@@ -251,7 +241,7 @@ fn a_refused_connect_completes_its_callback_then_writes_then_shutdown_then_the_r
     })
     .unwrap();
     // `run` must return: nothing stays active after the failure.
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     let refused = "ConnectionRefused";
     assert_eq!(
         *order.borrow(),
@@ -273,31 +263,16 @@ fn a_refused_connect_completes_its_callback_then_writes_then_shutdown_then_the_r
     tcp.start_read(&mut lp, move |_, _, r| *l.borrow_mut() = Some(outcome(&r)))
         .unwrap();
     assert!(late.borrow().is_none(), "ran inside start_read");
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert_eq!(late.borrow().as_deref(), Some(refused));
     tcp.close(&mut lp, |_, _| {});
-    within_loop(&mut lp);
-}
-
-/// Runs `lp` to the end; fails if it is still running after `LIMIT`. An unref'd tick
-/// bounds each poll without keeping the loop alive, so a handle that stays active with
-/// nothing left to do fails the test instead of blocking it.
-fn within_loop(lp: &mut Loop) {
-    let tick = Timer::new(lp).unwrap();
-    let ms = Duration::from_millis(10);
-    tick.start(lp, ms, Some(ms), |_, _| {}).unwrap();
-    tick.unref(lp).unwrap();
-    let start = Instant::now();
-    while lp.run_once().unwrap() {
-        assert!(start.elapsed() < LIMIT, "the loop is still alive: {lp:?}");
-    }
-    tick.close(lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
 fn closing_inside_a_failed_connect_callback_cancels_the_queued_requests() {
     let mut lp = Loop::new().unwrap();
-    let (_refused, addr) = refused_addr();
+    let (_refused, addr) = util::refused_addr();
     let order = log();
     let o = Rc::clone(&order);
     let tcp = Tcp::connect(&mut lp, addr, move |lp, tcp, r| {
@@ -321,7 +296,7 @@ fn closing_inside_a_failed_connect_callback_cancels_the_queued_requests() {
         note(&o, format!("read {}", outcome(&r)))
     })
     .unwrap();
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert_eq!(
         *order.borrow(),
         [
@@ -366,7 +341,7 @@ fn a_connect_that_never_completes_times_out_and_fails_its_queued_requests() {
         note(&o, format!("shutdown {}", outcome(&r)))
     })
     .unwrap();
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     let timed_out = outcome::<()>(&Err(Error::TimedOut(biotls::error::Timeout::Connect)));
     assert_eq!(
         *order.borrow(),
@@ -377,7 +352,7 @@ fn a_connect_that_never_completes_times_out_and_fails_its_queued_requests() {
         ]
     );
     tcp.close(&mut lp, |_, _| {});
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -438,7 +413,7 @@ fn writes_queued_before_the_connect_complete_after_its_callback() {
         tcp.close(lp, |_, _| {});
     })
     .unwrap();
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     let (mut peer, _) = listener.accept().unwrap();
     let mut got = Vec::new();
     peer.read_to_end(&mut got).unwrap();
@@ -492,7 +467,7 @@ fn a_reader_started_after_a_reset_hears_the_reset_again() {
     run_until(&mut lp, LIMIT, || second.borrow().is_some());
     assert_eq!(second.borrow().as_deref(), Some("ConnectionReset"));
     tcp.close(&mut lp, |_, _| {});
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -511,7 +486,7 @@ fn a_reader_started_after_the_end_of_stream_hears_it_again_even_if_nobody_heard_
     assert!(unheard.borrow().is_none(), "a stopped reader was called");
     assert_eq!(heard.borrow().as_deref(), Some("ok"));
     tcp.close(&mut lp, |_, _| {});
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 // ---- write errors ----
@@ -546,7 +521,7 @@ fn a_write_error_in_a_flush_keeps_ok_for_the_requests_written_before_it() {
         assert_eq!(results[0], ("first", "ok".to_owned()), "{results:?}");
         saw_failure |= results[1].1 != "ok";
         tcp.close(&mut lp, |_, _| {});
-        within_loop(&mut lp);
+        util::run_dry(&mut lp, LIMIT);
         if saw_failure {
             break;
         }
@@ -572,7 +547,7 @@ fn a_panicking_job_is_resumed_on_the_loop_thread_and_releases_the_loop() {
         let ok = Rc::new(Cell::new(0));
         let o = Rc::clone(&ok);
         lp.queue_work(|| 7, move |_, v| o.set(v));
-        within_loop(&mut lp);
+        util::run_dry(&mut lp, LIMIT);
         assert_eq!(ok.get(), 7);
     });
 }
@@ -591,7 +566,7 @@ fn queued_jobs_share_a_small_pool_of_threads() {
     }
     std::thread::sleep(Duration::from_millis(10));
     let peak = threads();
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert_eq!(done.get(), 40);
     // Other tests of this binary may run jobs meanwhile; the pool is shared and bounded.
     assert!(
@@ -614,7 +589,7 @@ fn many_host_name_connects_complete() {
         })
         .unwrap();
     }
-    within_loop(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert_eq!(done.get(), 50);
 }
 

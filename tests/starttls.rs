@@ -7,7 +7,7 @@ mod util;
 
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use biotls::bytes::{Bytes, BytesMut};
 use biotls::pki::Pki;
 use biotls::tls::{Tls, TlsConnector};
-use biotls::{Loop, Stream, Tcp, TcpListener};
+use biotls::{Loop, Stream, Tcp};
 use util::example::EchoServerProcess;
 use util::{run_to_end, run_until};
 
@@ -205,24 +205,11 @@ fn secure_client(lp: &mut Loop, tls: Tls, seen: Rc<RefCell<Vec<String>>>) {
 
 // ---- unwrap ----
 
-fn tcp_pair(lp: &mut Loop) -> (Tcp, Tcp) {
-    let l = TcpListener::bind(lp, "127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
-    let addr = l.local_addr(lp).unwrap();
-    let got = Rc::new(std::cell::Cell::new(None));
-    let g = Rc::clone(&got);
-    l.listen(lp, move |_, _, r| g.set(Some(r.unwrap())))
-        .unwrap();
-    let client = Tcp::connect(lp, addr, |_, _, r| r.unwrap()).unwrap();
-    run_until(lp, LIMIT, || got.get().is_some());
-    l.close(lp);
-    (client, got.get().unwrap())
-}
-
 #[test]
 fn unwrap_returns_the_stream_and_the_plaintext_that_followed_close_notify() {
     let pki = Pki::generate(&["localhost"]).unwrap();
     let mut lp = Loop::new().unwrap();
-    let (a, b) = tcp_pair(&mut lp);
+    let (a, b) = util::tcp_pair(&mut lp);
     let client = Tls::client(&mut lp, a, &pki.connector().unwrap(), "localhost").unwrap();
     let server = Tls::server(&mut lp, b, &pki.acceptor().unwrap()).unwrap();
     let log: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));

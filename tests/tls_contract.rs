@@ -39,19 +39,6 @@ fn text<T>(r: &Result<T, Error>) -> String {
     }
 }
 
-/// Runs `lp` dry with an unref'd tick bounding each poll; fails after `LIMIT`.
-fn run_dry(lp: &mut Loop) {
-    let tick = Timer::new(lp).unwrap();
-    let ms = Duration::from_millis(10);
-    tick.start(lp, ms, Some(ms), |_, _| {}).unwrap();
-    tick.unref(lp).unwrap();
-    let start = Instant::now();
-    while lp.run_once().unwrap() {
-        assert!(start.elapsed() < LIMIT, "the loop is still alive: {lp:?}");
-    }
-    tick.close(lp);
-}
-
 /// A listener whose accepted connections go to `on_tcp`.
 fn listener(
     lp: &mut Loop,
@@ -102,7 +89,7 @@ fn a_failure_before_the_user_reads_reaches_a_reader_started_later() {
         "the reader never heard the failure"
     );
     l.close(&mut lp);
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -155,7 +142,7 @@ fn shutdown_completes_when_the_inner_stream_cannot_shut_down() {
         !shut.borrow().is_empty() && ended.borrow().is_some()
     });
     assert!(ended.borrow().as_deref().unwrap().starts_with("Failed"));
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert_eq!(lp.handle_count(), 0, "a handle leaked");
 }
 
@@ -201,7 +188,7 @@ fn shutdown_completes_when_the_inner_tls_failed_unnoticed() {
     assert!(got.borrow()[0].contains("Idle"), "{:?}", got.borrow());
     outer.close(&mut lp, |_, _| {});
     l.close(&mut lp);
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -224,7 +211,7 @@ fn shutdown_reports_an_inner_shutdown_that_fails() {
         .unwrap();
     run_until(&mut lp, LIMIT, || !got.borrow().is_empty());
     assert!(got.borrow()[0].contains("BrokenPipe"), "{:?}", got.borrow());
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 /// A Tls client over TCP to a TLS echo server, reading; returns it and the read log.
@@ -266,7 +253,7 @@ fn closing_the_inner_stream_under_a_reading_tls_fails_it_with_transport_closed()
     assert!(tls.is_open(&lp), "the user closes the Tls");
     tls.close(&mut lp, |_, _| {});
     l.close(&mut lp);
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -300,7 +287,7 @@ fn closing_the_inner_stream_with_a_write_in_flight_is_not_reported_as_cancelled(
     assert_eq!(*wrote.borrow(), ["TransportClosed"]);
     tls.close(&mut lp, |_, _| {});
     l.close(&mut lp);
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -317,7 +304,7 @@ fn on_handshake_set_after_the_handshake_runs_once_from_the_loop_with_its_outcome
     assert_eq!(*late.borrow(), ["ok"]);
     tls.close(&mut lp, |_, _| {});
     l.close(&mut lp);
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert_eq!(*late.borrow(), ["ok"], "ran again at close");
 }
 
@@ -359,7 +346,7 @@ fn a_failed_connect_reaches_the_connect_callback_before_the_tls_callbacks() {
     assert!(order[2].starts_with("read Io("), "{order:?}");
     drop(order);
     tls.close(&mut lp, |_, _| {});
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -426,7 +413,7 @@ fn a_peer_flooding_key_updates_while_never_reading_cannot_grow_the_servers_queue
     );
     server.close(&mut lp, |_, _| {});
     peer.end.close(&mut lp, |_, _| {});
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 #[test]
@@ -454,7 +441,7 @@ fn try_write_takes_at_most_one_record_and_nothing_while_ciphertext_waits() {
     assert!(client.write_queue_size(&lp) <= 16 * 1024 + 64);
     client.close(&mut lp, |_, _| {});
     server.close(&mut lp, |_, _| {});
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
 }
 
 // ---- ownership ----
@@ -493,6 +480,6 @@ fn the_inner_stream_refuses_user_reads_and_writes_but_answers_queries() {
     // Closing the Tls closes the inner stream, without a failure.
     tls.close(&mut lp, |_, _| {});
     l.close(&mut lp);
-    run_dry(&mut lp);
+    util::run_dry(&mut lp, LIMIT);
     assert!(!inner.is_open(&lp));
 }

@@ -30,7 +30,7 @@ use mio::Interest;
 use crate::drain::Drain;
 use crate::error::{Error, Result};
 use crate::event_loop::Ops;
-use crate::event_loop::{DoneCb, Loop};
+use crate::event_loop::{DoneCb, Loop, Queue};
 use crate::handle::{RawId, Readiness};
 use crate::read_side::ReadSide;
 use crate::socket::StreamSock;
@@ -288,22 +288,19 @@ pub(crate) fn close(lp: &mut Loop, id: RawId, cb: Box<dyn FnOnce(&mut Loop)>) {
 
 /// `Stream::on_drain`.
 pub(crate) fn on_drain(lp: &mut Loop, id: RawId, level: usize, cb: DoneCb) -> Result<()> {
-    let t = state(lp, id)?;
-    let queued = t.out.bytes();
-    let broken = t.broken().cloned();
-    let mut drain = std::mem::take(&mut t.drain);
-    drain.set(lp, level, cb, queued, broken.as_ref(), |lp| {
-        schedule_drain(lp, id)
-    });
-    if let Ok(t) = state(lp, id) {
-        t.drain = drain;
-    }
-    Ok(())
+    lp.with_queue::<StreamState, _>(id, |t, q| {
+        let queued = t.out.bytes();
+        let broken = t.broken().cloned();
+        t.drain.set(q, level, cb, queued, broken.as_ref(), |q| {
+            schedule_drain(q, id)
+        });
+    })
+    .ok_or(Error::Closed)
 }
 
 /// Queues the drain watcher's re-check (see `drain`).
-pub(crate) fn schedule_drain(lp: &mut Loop, id: RawId) {
-    lp.defer(move |lp| {
+pub(crate) fn schedule_drain(q: &mut Queue<'_>, id: RawId) {
+    q.defer(move |lp| {
         let Ok(t) = state(lp, id) else { return };
         let queued = t.out.bytes();
         if let Some(cb) = t.drain.recheck(queued) {

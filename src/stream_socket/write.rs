@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice, Write};
 
-use super::{state, update_active};
+use super::{StreamState, state, update_active};
 use crate::error::{Error, Result};
 use crate::event_loop::Loop;
 use crate::handle::RawId;
@@ -64,18 +64,12 @@ pub(super) fn flush(lp: &mut Loop, id: RawId) {
         lp.complete(cb, result);
     }
     // After the writes' callbacks: the drain watcher, or its failure.
-    if let Ok(t) = state(lp, id) {
-        let queued = t.out.bytes();
-        let broken = t.write_error.clone();
-        let mut drain = std::mem::take(&mut t.drain);
-        match &broken {
-            Some(e) => drain.fail(lp, e),
-            None => drain.check(lp, queued, |lp| super::schedule_drain(lp, id)),
-        }
-        if let Ok(t) = state(lp, id) {
-            t.drain = drain;
-        }
-    }
+    lp.with_queue::<StreamState, _>(id, |t, q| match &t.write_error {
+        Some(e) => t.drain.fail(q, e),
+        None => t
+            .drain
+            .check(q, t.out.bytes(), |q| super::schedule_drain(q, id)),
+    });
     update_active(lp, id);
 }
 
@@ -93,9 +87,7 @@ pub(super) fn fail_requests(lp: &mut Loop, id: RawId, err: &Error) {
     if let Some(cb) = t.shutdown.take_queued() {
         cb(lp, Err(err.clone()));
     }
-    let Ok(t) = state(lp, id) else { return };
-    let mut drain = std::mem::take(&mut t.drain);
-    drain.fail(lp, err);
+    lp.with_queue::<StreamState, _>(id, |t, q| t.drain.fail(q, err));
 }
 
 /// `Stream::try_write`: writes what the socket takes now, only if nothing is queued.
@@ -124,8 +116,7 @@ pub(super) fn try_write(lp: &mut Loop, id: RawId, data: &[u8]) -> Result<usize> 
             Err(e) => {
                 let err = Error::from(e);
                 t.write_error = Some(err.clone());
-                let mut drain = std::mem::take(&mut t.drain);
-                drain.fail(lp, &err);
+                lp.with_queue::<StreamState, _>(id, |t, q| t.drain.fail(q, &err));
                 return Err(err);
             }
         }

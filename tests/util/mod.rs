@@ -79,3 +79,72 @@ pub fn have(tool: &str, version_arg: &str) -> bool {
     }
     ok
 }
+
+/// Runs `lp` until it has nothing left to do, with an unref'd tick bounding each poll
+/// (so a handle that stays active with nothing to do fails the test instead of blocking
+/// it); fails after `limit`.
+pub fn run_dry(lp: &mut Loop, limit: Duration) {
+    let tick = Timer::new(lp).unwrap();
+    let ms = Duration::from_millis(10);
+    tick.start(lp, ms, Some(ms), |_, _| {}).unwrap();
+    tick.unref(lp).unwrap();
+    let start = Instant::now();
+    while lp.run_once().unwrap() {
+        assert!(start.elapsed() < limit, "the loop is still alive: {lp:?}");
+    }
+    tick.close(lp);
+}
+
+/// A loopback address where connects are refused: a bound socket that never listens
+/// (keep it: it holds the port).
+pub fn refused_addr() -> (socket2::Socket, std::net::SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
+/// A loopback address whose SYNs are dropped: a listener with a full backlog (keep
+/// both: they hold it full).
+pub fn black_hole() -> (
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+    std::net::SocketAddr,
+) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let fillers = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (s, fillers, addr)
+}
+
+/// Two connected `Tcp` handles on `lp`: (the connecting one, the accepted one).
+pub fn tcp_pair(lp: &mut Loop) -> (biotls::Tcp, biotls::Tcp) {
+    let l = biotls::TcpListener::bind(lp, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr(lp).unwrap();
+    let got = std::rc::Rc::new(std::cell::Cell::new(None));
+    let g = std::rc::Rc::clone(&got);
+    l.listen(lp, move |_, _, r| g.set(Some(r.unwrap())))
+        .unwrap();
+    let client = biotls::Tcp::connect(lp, addr, |_, _, r| r.unwrap()).unwrap();
+    run_until(lp, Duration::from_secs(20), || got.get().is_some());
+    l.close(lp);
+    (client, got.get().unwrap())
+}

@@ -30,7 +30,7 @@ use super::{TlsAcceptor, TlsConnector};
 use crate::drain::Drain;
 use crate::error::{Error, Result, Timeout};
 use crate::event_loop::Ops;
-use crate::event_loop::{DoneCb, Loop};
+use crate::event_loop::{DoneCb, Loop, Queue};
 use crate::handle::{HandleId, RawId};
 use crate::read_side::ReadSide;
 use crate::stream::{ReadResult, Stream};
@@ -348,17 +348,16 @@ fn check_drain<S: Stream>(lp: &mut Loop, id: RawId) {
     let Some(queued) = queued::<S>(lp, id) else {
         return;
     };
-    let Some(t) = st::<S>(lp, id) else { return };
-    let mut drain = std::mem::take(&mut t.drain);
-    drain.check(lp, queued, |lp| schedule_drain::<S>(lp, id));
-    if let Some(t) = st::<S>(lp, id) {
-        t.drain = drain;
-    }
+    lp.with_queue::<TlsState<S>, _>(id, |t, q| {
+        if t.is_open() {
+            t.drain.check(q, queued, |q| schedule_drain::<S>(q, id));
+        }
+    });
 }
 
 /// Queues the drain watcher's re-check (see `drain`).
-fn schedule_drain<S: Stream>(lp: &mut Loop, id: RawId) {
-    lp.defer(move |lp| {
+fn schedule_drain<S: Stream>(q: &mut Queue<'_>, id: RawId) {
+    q.defer(move |lp| {
         let Some(queued) = queued::<S>(lp, id) else {
             return;
         };
@@ -680,20 +679,14 @@ impl<S: Stream> Stream for Tls<S> {
         if matches!(t.unwrap, Unwrap::Finishing(_)) {
             return Err(Error::InvalidState("the handle is being unwrapped"));
         }
-        let broken = t.failure.clone();
-        let mut drain = std::mem::take(&mut t.drain);
         let id = self.0;
-        drain.set(
-            lp,
-            level,
-            Box::new(move |lp, r| cb(lp, self, r)),
-            queued,
-            broken.as_ref(),
-            |lp| schedule_drain::<S>(lp, id),
-        );
-        if let Some(t) = st::<S>(lp, self.0) {
-            t.drain = drain;
-        }
+        let cb: DoneCb = Box::new(move |lp, r| cb(lp, self, r));
+        lp.with_queue::<TlsState<S>, _>(id, |t, q| {
+            let broken = t.failure.clone();
+            t.drain.set(q, level, cb, queued, broken.as_ref(), |q| {
+                schedule_drain::<S>(q, id)
+            });
+        });
         Ok(())
     }
 
