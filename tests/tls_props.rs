@@ -18,7 +18,7 @@
 //! nothing pending, `Loop::run` returns, no handle left, no byte lost between a clean
 //! shutdown and a clean end of stream.
 //!
-//! `BIOTLS_PROPTEST_CASES=N` runs N cases (default 150, about 15 s in a debug build).
+//! `BIOTLS_PROPTEST_CASES=N` runs N cases (default 120, about 25 s in a debug build).
 
 mod util;
 
@@ -835,7 +835,7 @@ fn tls_callbacks_keep_the_contract_under_generated_call_orders_and_faults() {
     };
     let watchdog = Watchdog::start(Duration::from_secs(60));
     let mut runner = TestRunner::new(Config {
-        cases: cases(150),
+        cases: cases(120),
         failure_persistence: None,
         ..Config::default()
     });
