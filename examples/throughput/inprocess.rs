@@ -141,6 +141,7 @@ pub fn run(args: &Args) -> i32 {
     let env = Env {
         launcher: Launcher {
             tls_echo_server: echo_server,
+            before: None,
             tokio_echo: None,
             myself: std::env::current_exe().expect("current exe"),
             cert: dir.join("server.pem"),

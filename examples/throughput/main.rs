@@ -57,7 +57,8 @@ blocking and the tokio-openssl server, and the floor (plain TCP echo, in-memory 
 Sizes are in bytes. A full run takes about 2 minutes on 2 cores; --smoke takes seconds."
 )]
 struct Args {
-    /// Servers to measure, comma-separated: biotls, blocking, tokio.
+    /// Servers to measure, comma-separated: biotls, blocking, tokio (and before, which
+    /// --before adds).
     #[arg(long, value_delimiter = ',', default_value = "biotls,blocking,tokio")]
     servers: Vec<String>,
     /// Scenarios to run, comma-separated: echo (one connection per write size, with the
@@ -154,6 +155,11 @@ struct Args {
     /// The tokio-openssl server binary to use instead of building peers/tokio-echo.
     #[arg(long, value_name = "PATH")]
     tokio_echo: Option<PathBuf>,
+    /// Adds the arm `before`: another tls_echo_server binary (for example a copy built
+    /// from an earlier commit), run like `biotls` and alternating with the other arms,
+    /// for before/after comparisons in one sitting.
+    #[arg(long, value_name = "PATH")]
+    before: Option<PathBuf>,
     /// Run the investigation of the in-process mode instead: the Tls-handle and the
     /// blocking server on a thread of this process or in a process of their own, under
     /// the old Loop client or this mode's client (see the README). Uses --sizes,
@@ -1113,18 +1119,24 @@ fn run(args: Args) -> i32 {
     pki.write_to_dir(&dir).expect("write certificates");
     let mut kinds = Vec::new();
     let mut missing = Vec::new();
-    for name in &args.servers {
+    let mut names = args.servers.clone();
+    if args.before.is_some() && !names.iter().any(|n| n == "before") {
+        names.insert(1.min(names.len()), "before".into());
+    }
+    for name in &names {
         let kind = match name.as_str() {
             "biotls" => Kind::Biotls,
+            "before" => Kind::Before,
             "blocking" => Kind::Blocking,
             "tokio" | "tokio-openssl" => Kind::Tokio,
             other => {
-                eprintln!("unknown server {other} (biotls, blocking, tokio)");
+                eprintln!("unknown server {other} (biotls, before, blocking, tokio)");
                 return 2;
             }
         };
         let present = match kind {
             Kind::Biotls => echo_server.is_some(),
+            Kind::Before => args.before.as_ref().is_some_and(|p| p.exists()),
             Kind::Tokio => tokio.is_some(),
             _ => true,
         };
@@ -1161,6 +1173,7 @@ fn run(args: Args) -> i32 {
     };
     let launcher = Launcher {
         tls_echo_server: echo_server.unwrap_or_default(),
+        before: args.before.clone(),
         tokio_echo: tokio,
         myself: std::env::current_exe().expect("current exe"),
         cert: dir.join("server.pem"),

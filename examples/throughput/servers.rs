@@ -60,6 +60,9 @@ pub fn kill_all_children() {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Kind {
     Biotls,
+    /// Another `tls_echo_server` binary (`--before PATH`), for before/after comparisons
+    /// in one sitting.
+    Before,
     Blocking,
     Tokio,
     TcpFloor,
@@ -69,6 +72,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Biotls => "biotls",
+            Kind::Before => "before",
             Kind::Blocking => "blocking",
             Kind::Tokio => "tokio-openssl",
             Kind::TcpFloor => "TCP floor",
@@ -78,6 +82,7 @@ impl Kind {
     pub fn describe(self) -> &'static str {
         match self {
             Kind::Biotls => "tls_echo_server (this crate: Tls handles on one Loop)",
+            Kind::Before => "another tls_echo_server binary, given with --before",
             Kind::Blocking => {
                 "SslStream over std::net::TcpStream, one thread per connection (--serve blocking-tls)"
             }
@@ -98,6 +103,8 @@ impl Kind {
 /// How to start each kind of server.
 pub struct Launcher {
     pub tls_echo_server: PathBuf,
+    /// `--before PATH`: the binary of the `before` arm.
+    pub before: Option<PathBuf>,
     pub tokio_echo: Option<PathBuf>,
     pub myself: PathBuf,
     pub cert: PathBuf,
@@ -123,8 +130,15 @@ impl Launcher {
     pub fn start(&self, kind: Kind) -> io::Result<ServerProcess> {
         let addr = free_port()?;
         let mut cmd = match kind {
-            Kind::Biotls => {
-                let mut c = Command::new(&self.tls_echo_server);
+            Kind::Biotls | Kind::Before => {
+                let binary = match kind {
+                    Kind::Before => self
+                        .before
+                        .as_ref()
+                        .ok_or_else(|| io::Error::other("no --before binary"))?,
+                    _ => &self.tls_echo_server,
+                };
+                let mut c = Command::new(binary);
                 c.arg("--listen").arg(addr.to_string());
                 c.arg("--cert").arg(&self.cert).arg("--key").arg(&self.key);
                 c
@@ -305,7 +319,7 @@ impl ServerProcess {
     /// the default level, none while data flows. `connections` counts this run's
     /// connections; the probe and the start-up line are allowed for.
     pub fn check_log_lines(&self, connections: usize) -> io::Result<()> {
-        if self.kind != Kind::Biotls {
+        if !matches!(self.kind, Kind::Biotls | Kind::Before) {
             return Ok(());
         }
         let lines = std::fs::read_to_string(&self.log)
