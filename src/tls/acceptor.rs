@@ -44,7 +44,8 @@ type AlpnSelect = dyn for<'a> Fn(Option<&str>, &[&'a [u8]]) -> Option<&'a [u8]> 
 /// Cheap to clone, `Send` and `Sync`: clones share one configuration slot, so a
 /// [`replace`](Self::replace) through any clone, on any thread, is seen by all of them
 /// (every loop of a multi-loop server) for the connections they accept afterwards.
-/// Connections already accepted keep the configuration they started with. Create
+/// A server session takes the configuration current when its client's ClientHello
+/// arrives (it creates its `SSL` then), and keeps it from then on. Create
 /// sessions with [`TlsSession::server`](super::TlsSession::server) or
 /// [`Tls::server`](super::Tls::server).
 ///
@@ -138,8 +139,10 @@ impl TlsAcceptor {
     /// Replaces the configuration of this acceptor and of all its clones with the one
     /// `builder` describes (Node's `server.setSecureContext`). Connections accepted
     /// afterwards, on every loop and thread, use the new certificate chain, key, SNI
-    /// certificates, client CAs, CRLs and ALPN list; connections already accepted keep
-    /// the configuration they started with and are not disturbed.
+    /// certificates, client CAs, CRLs and ALPN list, and so do connections accepted
+    /// earlier whose ClientHello has not arrived yet (a server session creates its
+    /// OpenSSL `SSL` when it has); the others keep the configuration they started with
+    /// and are not disturbed.
     ///
     /// The session ticket keys are kept, so clients resume sessions from before the
     /// replacement, unless the client verification policy changed (client CAs, CRLs or

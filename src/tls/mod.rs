@@ -3,6 +3,7 @@
 mod acceptor;
 mod config;
 mod handle;
+mod hello;
 mod ossl;
 mod resume;
 mod revocation;
