@@ -10,7 +10,7 @@ mod revocation;
 mod session;
 mod stats;
 mod tickets;
-pub use acceptor::{TlsAcceptor, TlsAcceptorBuilder};
+pub use acceptor::{DEFAULT_SESSION_TICKETS, TlsAcceptor, TlsAcceptorBuilder};
 pub use config::{TlsConnector, TlsConnectorBuilder};
 pub use handle::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
 pub use revocation::CrlCheck;
