@@ -11,7 +11,10 @@
 //! duplex. Its receive side is a queue of the [`Bytes`] chunks the transport delivered (no
 //! copy on the way in; OpenSSL's read out of the queue is the only copy), its send side a
 //! [`BytesMut`] that OpenSSL appends to and that is split off whole by `take_ciphertext`
-//! (no copy on the way out). This needs no `unsafe` and no `openssl-sys`.
+//! (no copy on the way out). This needs no `unsafe` and no `openssl-sys`. One `unsafe`
+//! line is there for speed: [`TlsSession::read`] lets `SSL_read` write into the spare
+//! capacity of the caller's buffer without zero-filling it first (`mark_filled`), which
+//! cost 2 % of a server's CPU at 64 KiB writes and 6.5 % at 1 KiB.
 //!
 //! # A server's `SSL` waits for the ClientHello
 //!
@@ -220,6 +223,22 @@ fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
     if unsafe { ssl.set_session(session) }.is_err() {
         clear_error_queue();
     }
+}
+
+/// Counts the `n` bytes `SSL_read` wrote at the start of `buf`'s spare capacity as part
+/// of `buf`, and returns `n`. `n` must be what `ssl_read_uninit` returned for a slice of
+/// at least `n` bytes taken from the start of `buf.spare_capacity_mut()`.
+#[allow(unsafe_code)]
+fn mark_filled(buf: &mut BytesMut, n: usize) -> usize {
+    let n = n.min(buf.capacity() - buf.len());
+    // SAFETY: `n` does not exceed the spare capacity (checked above), and those `n`
+    // bytes are initialised: `ssl_read_uninit` returns the count `SSL_read_ex` reports,
+    // which is the number of bytes it wrote, contiguously from the start of the slice it
+    // was given (OpenSSL copies the record's plaintext there and never reports more than
+    // the slice's length), and the caller gave it the start of this spare capacity with
+    // nothing in between that could move or shrink `buf`.
+    unsafe { buf.set_len(buf.len() + n) };
+    n
 }
 
 impl TlsSession {
@@ -577,36 +596,28 @@ impl TlsSession {
         let Some(stream) = &mut self.stream else {
             return Ok(ReadOutcome::WantRead);
         };
-        let start = buf.len();
-        if buf.capacity() - start < MAX_RECORD_PLAINTEXT {
+        if buf.capacity() - buf.len() < MAX_RECORD_PLAINTEXT {
             buf.reserve(MAX_RECORD_PLAINTEXT);
         }
-        // One `SSL_read` returns at most one record: zero-fill (no `unsafe`) only that much.
-        let room = (buf.capacity() - start).min(MAX_RECORD_PLAINTEXT);
-        buf.resize(start + room, 0);
+        // One `SSL_read` returns at most one record. OpenSSL writes into the spare
+        // capacity as it is: no zero-filling first.
+        let room = (buf.capacity() - buf.len()).min(MAX_RECORD_PLAINTEXT);
         clear_error_queue();
-        let (_, dst) = buf.split_at_mut(start);
-        let result = stream.ssl_read(dst);
+        let result = stream.ssl_read_uninit(&mut buf.spare_capacity_mut()[..room]);
         match result {
-            Ok(n) => {
-                buf.truncate(start + n);
-                Ok(ReadOutcome::Data(n))
-            }
-            Err(e) => {
-                buf.truncate(start);
-                match e.code() {
-                    ErrorCode::ZERO_RETURN => {
-                        self.close_notify_received = true;
-                        Ok(ReadOutcome::Eof)
-                    }
-                    ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
-                    _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
-                    _ => {
-                        let err = Error::Tls(self.failure(&e));
-                        Err(self.fail(err))
-                    }
+            Ok(n) => Ok(ReadOutcome::Data(mark_filled(buf, n.min(room)))),
+            Err(e) => match e.code() {
+                ErrorCode::ZERO_RETURN => {
+                    self.close_notify_received = true;
+                    Ok(ReadOutcome::Eof)
                 }
-            }
+                ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
+                _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
+                _ => {
+                    let err = Error::Tls(self.failure(&e));
+                    Err(self.fail(err))
+                }
+            },
         }
     }
 
