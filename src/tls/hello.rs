@@ -182,7 +182,14 @@ impl Hello {
                         return;
                     }
                     let take = missing.min(data.len());
-                    self.held.reserve_exact(missing);
+                    // Room for what arrived, grown by doubling up to the total: a header
+                    // alone reserves nothing for the record it announces, and bytes
+                    // arriving one at a time are copied O(n) times in all.
+                    let needed = self.held.len() + take;
+                    if needed > self.held.capacity() {
+                        let target = needed.max((2 * self.held.capacity()).min(total));
+                        self.held.reserve_exact(target - self.held.len());
+                    }
                     self.held.extend_from_slice(&data.split_to(take));
                 }
             }
@@ -325,7 +332,11 @@ mod tests {
         }
         assert!(hello.is_ready());
         assert_eq!(hello.held.len(), hello_len);
-        assert_eq!(hello.held.capacity(), hello_len, "reserved exactly");
+        assert_eq!(
+            hello.held.capacity(),
+            hello_len,
+            "grown to exactly the record"
+        );
         assert_eq!(hello.len(), flight.len());
         let all: Vec<u8> = hello.into_chunks().iter().flatten().copied().collect();
         assert_eq!(all, flight);
@@ -371,6 +382,21 @@ mod tests {
             assert!(hello.held.len() <= HOLD_LIMIT);
         }
         assert!(hello.is_ready());
+    }
+
+    #[test]
+    fn a_record_header_alone_reserves_nothing_for_the_record() {
+        let mut hello = Hello::default();
+        hello.feed(Bytes::from_static(&[
+            HANDSHAKE,
+            3,
+            1,
+            0x40,
+            0x00,
+            CLIENT_HELLO,
+        ]));
+        assert!(!hello.is_ready());
+        assert!(hello.held.capacity() <= 12, "{}", hello.held.capacity());
     }
 
     #[test]
