@@ -148,6 +148,7 @@ pub fn run(args: &Args) -> i32 {
             key: dir.join("server.key"),
             log_dir: dir.clone(),
             perf: None,
+            wrap: Vec::new(),
             label: Default::default(),
             seq: Default::default(),
         },

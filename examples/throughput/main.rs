@@ -171,6 +171,12 @@ struct Args {
     /// overhead. Combine with --servers, --only and --sizes to choose what to profile.
     #[arg(long, value_name = "DIR")]
     perf: Option<PathBuf>,
+    /// Runs the biotls servers (biotls, before) under this command, split at spaces: a
+    /// heap profiler, for example `valgrind --tool=dhat --dhat-out-file=/tmp/dhat.%p`
+    /// (see `dhat_summary.py`). They are stopped with SIGTERM so that it can write its
+    /// report. Figures of such a run measure the wrapper too.
+    #[arg(long, value_name = "CMD")]
+    wrap: Option<String>,
     /// Accepted for older command lines: servers always run as processes now.
     #[arg(long, hide = true)]
     processes: bool,
@@ -1180,6 +1186,11 @@ fn run(args: Args) -> i32 {
         key: dir.join("server.key"),
         log_dir: dir.clone(),
         perf: args.perf.clone(),
+        wrap: args
+            .wrap
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
         label: Default::default(),
         seq: Default::default(),
     };

@@ -112,6 +112,8 @@ pub struct Launcher {
     pub log_dir: PathBuf,
     /// `--perf DIR`: record a profile of every server run into DIR.
     pub perf: Option<PathBuf>,
+    /// `--wrap CMD`: the command (and its arguments) the biotls servers run under.
+    pub wrap: Vec<String>,
     /// The measurement under way, for the profiles' file names.
     pub label: RefCell<String>,
     pub seq: Cell<usize>,
@@ -124,6 +126,8 @@ pub struct ServerProcess {
     child: Child,
     log: PathBuf,
     perf: Option<Child>,
+    /// Runs under `--wrap`: stopped with SIGTERM, so that the wrapper writes its output.
+    wrapped: bool,
 }
 
 impl Launcher {
@@ -138,7 +142,14 @@ impl Launcher {
                         .ok_or_else(|| io::Error::other("no --before binary"))?,
                     _ => &self.tls_echo_server,
                 };
-                let mut c = Command::new(binary);
+                let mut c = match self.wrap.split_first() {
+                    Some((wrapper, args)) => {
+                        let mut c = Command::new(wrapper);
+                        c.args(args).arg(binary);
+                        c
+                    }
+                    None => Command::new(binary),
+                };
                 c.arg("--listen").arg(addr.to_string());
                 c.arg("--cert").arg(&self.cert).arg("--key").arg(&self.key);
                 c
@@ -180,14 +191,18 @@ impl Launcher {
         if let Ok(mut pids) = CHILDREN.lock() {
             pids.push(child.id());
         }
+        let wrapped = !self.wrap.is_empty() && matches!(kind, Kind::Biotls | Kind::Before);
         let mut server = ServerProcess {
             kind,
             addr,
             child,
             log,
             perf: None,
+            wrapped,
         };
-        server.wait_listening(Duration::from_secs(10))?;
+        // A wrapper such as valgrind takes seconds to start.
+        let limit = if wrapped { 60 } else { 10 };
+        server.wait_listening(Duration::from_secs(limit))?;
         if let Some(dir) = &self.perf {
             server.perf = Some(self.start_perf(dir, &server)?);
         }
@@ -364,6 +379,17 @@ impl Drop for ServerProcess {
                 pids.retain(|&p| p != perf.id());
             }
             let _ = perf.wait();
+        }
+        if self.wrapped {
+            // tls_echo_server ends on SIGTERM; a profiler then writes its report.
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
         }
         let _ = self.child.kill();
         if let Ok(mut pids) = CHILDREN.lock() {
