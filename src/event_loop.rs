@@ -580,15 +580,15 @@ impl Loop {
         Ok(())
     }
 
-    /// Takes the per-loop read buffer, with at least `MIN_READ_ROOM` initialised bytes.
-    /// Give it back with [`put_read_buf`](Loop::put_read_buf) after splitting off what was read.
+    /// Takes the per-loop read buffer: empty, with at least `MIN_READ_ROOM` bytes of spare
+    /// capacity, not zero-filled (a read writes into it and counts what it wrote). Give
+    /// it back with [`put_read_buf`](Loop::put_read_buf) after splitting off what was read.
     pub(crate) fn take_read_buf(&mut self) -> BytesMut {
         let mut buf = std::mem::take(&mut self.read_buf);
-        if buf.len() < MIN_READ_ROOM {
+        if buf.capacity() - buf.len() < MIN_READ_ROOM {
             // Reclaims the old chunk if every `Bytes` split off it is gone, else allocates.
             buf.clear();
             buf.reserve(READ_CHUNK);
-            buf.resize(READ_CHUNK, 0);
         }
         buf
     }

@@ -71,7 +71,10 @@
 //!
 //! The memory BIO is the safe route: an `openssl::ssl::SslStream` over an in-memory
 //! duplex (`Read` copies out of the queued ciphertext, `Write` appends to the output
-//! buffer), so the data path needs no `unsafe`.
+//! buffer). The data path has two `unsafe` lines, for speed: the socket read (`recv`)
+//! and `SSL_read` write into the spare capacity of the per-loop buffers, which are not
+//! zero-filled first, and the bytes they report are then counted in
+//! (`BytesMut::set_len`).
 //!
 //! ## The callback contract
 //!

@@ -141,12 +141,14 @@ pub fn run(args: &Args) -> i32 {
     let env = Env {
         launcher: Launcher {
             tls_echo_server: echo_server,
+            before: None,
             tokio_echo: None,
             myself: std::env::current_exe().expect("current exe"),
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),
             log_dir: dir.clone(),
             perf: None,
+            wrap: Vec::new(),
             label: Default::default(),
             seq: Default::default(),
         },

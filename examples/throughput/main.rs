@@ -57,7 +57,8 @@ blocking and the tokio-openssl server, and the floor (plain TCP echo, in-memory 
 Sizes are in bytes. A full run takes about 2 minutes on 2 cores; --smoke takes seconds."
 )]
 struct Args {
-    /// Servers to measure, comma-separated: biotls, blocking, tokio.
+    /// Servers to measure, comma-separated: biotls, blocking, tokio (and before, which
+    /// --before adds).
     #[arg(long, value_delimiter = ',', default_value = "biotls,blocking,tokio")]
     servers: Vec<String>,
     /// Scenarios to run, comma-separated: echo (one connection per write size, with the
@@ -154,6 +155,11 @@ struct Args {
     /// The tokio-openssl server binary to use instead of building peers/tokio-echo.
     #[arg(long, value_name = "PATH")]
     tokio_echo: Option<PathBuf>,
+    /// Adds the arm `before`: another tls_echo_server binary (for example a copy built
+    /// from an earlier commit), run like `biotls` and alternating with the other arms,
+    /// for before/after comparisons in one sitting.
+    #[arg(long, value_name = "PATH")]
+    before: Option<PathBuf>,
     /// Run the investigation of the in-process mode instead: the Tls-handle and the
     /// blocking server on a thread of this process or in a process of their own, under
     /// the old Loop client or this mode's client (see the README). Uses --sizes,
@@ -165,6 +171,12 @@ struct Args {
     /// overhead. Combine with --servers, --only and --sizes to choose what to profile.
     #[arg(long, value_name = "DIR")]
     perf: Option<PathBuf>,
+    /// Runs the biotls servers (biotls, before) under this command, split at spaces: a
+    /// heap profiler, for example `valgrind --tool=dhat --dhat-out-file=/tmp/dhat.%p`
+    /// (see `dhat_summary.py`). They are stopped with SIGTERM so that it can write its
+    /// report. Figures of such a run measure the wrapper too.
+    #[arg(long, value_name = "CMD")]
+    wrap: Option<String>,
     /// Accepted for older command lines: servers always run as processes now.
     #[arg(long, hide = true)]
     processes: bool,
@@ -706,8 +718,8 @@ fn handshake_run(
     let mut server = ctx.start(kind)?;
     let mut fleet = Fleet::new(server.addr, Proto::Tls(connector.clone()), ctx.timeout)?;
     // Warm-up: first-use costs and, when resuming, enough tickets for every connection
-    // in flight (an OpenSSL server sends two tickets after a full handshake, one after
-    // a resumed one).
+    // in flight (a server sends one or two tickets after a full handshake, one after a
+    // resumed one).
     let parallel = ctx.args.handshake_parallel;
     fleet.cycle(5.max(2 * parallel), parallel)?;
     let cpu0 = server.cpu_settled(Duration::from_secs(1));
@@ -734,8 +746,8 @@ fn scenario_handshake(ctx: &mut Ctx) {
             "\n### Handshakes ({count} per run, {} in flight, median of {} alternating runs)\n\n\
              Each: TCP connect, TLS 1.3 handshake, close_notify both ways, close; server CPU \
              µs per handshake (lower is better), with ratios, and handshakes per second. \
-             The client offers one key-exchange group. Servers issue OpenSSL's default two \
-             session tickets per connection.\n\n\
+             The client offers one key-exchange group. biotls issues one TLS 1.3 session \
+             ticket per full handshake (its default), the others OpenSSL's default two.\n\n\
              | handshake | group | server | CPU µs | × blocking | × tokio-openssl | per s |\n\
              |---|---|---|---:|---:|---:|---:|",
             ctx.args.handshake_parallel,
@@ -1113,18 +1125,24 @@ fn run(args: Args) -> i32 {
     pki.write_to_dir(&dir).expect("write certificates");
     let mut kinds = Vec::new();
     let mut missing = Vec::new();
-    for name in &args.servers {
+    let mut names = args.servers.clone();
+    if args.before.is_some() && !names.iter().any(|n| n == "before") {
+        names.insert(1.min(names.len()), "before".into());
+    }
+    for name in &names {
         let kind = match name.as_str() {
             "biotls" => Kind::Biotls,
+            "before" => Kind::Before,
             "blocking" => Kind::Blocking,
             "tokio" | "tokio-openssl" => Kind::Tokio,
             other => {
-                eprintln!("unknown server {other} (biotls, blocking, tokio)");
+                eprintln!("unknown server {other} (biotls, before, blocking, tokio)");
                 return 2;
             }
         };
         let present = match kind {
             Kind::Biotls => echo_server.is_some(),
+            Kind::Before => args.before.as_ref().is_some_and(|p| p.exists()),
             Kind::Tokio => tokio.is_some(),
             _ => true,
         };
@@ -1161,12 +1179,18 @@ fn run(args: Args) -> i32 {
     };
     let launcher = Launcher {
         tls_echo_server: echo_server.unwrap_or_default(),
+        before: args.before.clone(),
         tokio_echo: tokio,
         myself: std::env::current_exe().expect("current exe"),
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
         log_dir: dir.clone(),
         perf: args.perf.clone(),
+        wrap: args
+            .wrap
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
         label: Default::default(),
         seq: Default::default(),
     };

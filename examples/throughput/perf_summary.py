@@ -47,7 +47,7 @@ FETCH = ("EVP_CIPHER_fetch", "EVP_MD_fetch", "evp_generic_fetch", "inner_evp_gen
          "ossl_fnv1a_hash")
 
 PHASES = [
-    ("two session tickets (ASN.1 encoding, encryption, HMAC; one when resumed)",
+    ("session tickets (ASN.1 encoding, encryption, HMAC; biotls sends one per handshake)",
      ("tls_construct_new_session_ticket", "construct_stateless_ticket", "create_ticket_prequel")),
     ("CertificateVerify (ECDSA P-256 signature)", ("tls_construct_cert_verify",)),
     ("key exchange (key share generation, derivation, ML-KEM encapsulation)",

@@ -60,6 +60,9 @@ pub fn kill_all_children() {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Kind {
     Biotls,
+    /// Another `tls_echo_server` binary (`--before PATH`), for before/after comparisons
+    /// in one sitting.
+    Before,
     Blocking,
     Tokio,
     TcpFloor,
@@ -69,6 +72,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Biotls => "biotls",
+            Kind::Before => "before",
             Kind::Blocking => "blocking",
             Kind::Tokio => "tokio-openssl",
             Kind::TcpFloor => "TCP floor",
@@ -78,6 +82,7 @@ impl Kind {
     pub fn describe(self) -> &'static str {
         match self {
             Kind::Biotls => "tls_echo_server (this crate: Tls handles on one Loop)",
+            Kind::Before => "another tls_echo_server binary, given with --before",
             Kind::Blocking => {
                 "SslStream over std::net::TcpStream, one thread per connection (--serve blocking-tls)"
             }
@@ -98,6 +103,8 @@ impl Kind {
 /// How to start each kind of server.
 pub struct Launcher {
     pub tls_echo_server: PathBuf,
+    /// `--before PATH`: the binary of the `before` arm.
+    pub before: Option<PathBuf>,
     pub tokio_echo: Option<PathBuf>,
     pub myself: PathBuf,
     pub cert: PathBuf,
@@ -105,6 +112,8 @@ pub struct Launcher {
     pub log_dir: PathBuf,
     /// `--perf DIR`: record a profile of every server run into DIR.
     pub perf: Option<PathBuf>,
+    /// `--wrap CMD`: the command (and its arguments) the biotls servers run under.
+    pub wrap: Vec<String>,
     /// The measurement under way, for the profiles' file names.
     pub label: RefCell<String>,
     pub seq: Cell<usize>,
@@ -117,14 +126,30 @@ pub struct ServerProcess {
     child: Child,
     log: PathBuf,
     perf: Option<Child>,
+    /// Runs under `--wrap`: stopped with SIGTERM, so that the wrapper writes its output.
+    wrapped: bool,
 }
 
 impl Launcher {
     pub fn start(&self, kind: Kind) -> io::Result<ServerProcess> {
         let addr = free_port()?;
         let mut cmd = match kind {
-            Kind::Biotls => {
-                let mut c = Command::new(&self.tls_echo_server);
+            Kind::Biotls | Kind::Before => {
+                let binary = match kind {
+                    Kind::Before => self
+                        .before
+                        .as_ref()
+                        .ok_or_else(|| io::Error::other("no --before binary"))?,
+                    _ => &self.tls_echo_server,
+                };
+                let mut c = match self.wrap.split_first() {
+                    Some((wrapper, args)) => {
+                        let mut c = Command::new(wrapper);
+                        c.args(args).arg(binary);
+                        c
+                    }
+                    None => Command::new(binary),
+                };
                 c.arg("--listen").arg(addr.to_string());
                 c.arg("--cert").arg(&self.cert).arg("--key").arg(&self.key);
                 c
@@ -166,14 +191,18 @@ impl Launcher {
         if let Ok(mut pids) = CHILDREN.lock() {
             pids.push(child.id());
         }
+        let wrapped = !self.wrap.is_empty() && matches!(kind, Kind::Biotls | Kind::Before);
         let mut server = ServerProcess {
             kind,
             addr,
             child,
             log,
             perf: None,
+            wrapped,
         };
-        server.wait_listening(Duration::from_secs(10))?;
+        // A wrapper such as valgrind takes seconds to start.
+        let limit = if wrapped { 60 } else { 10 };
+        server.wait_listening(Duration::from_secs(limit))?;
         if let Some(dir) = &self.perf {
             server.perf = Some(self.start_perf(dir, &server)?);
         }
@@ -305,7 +334,8 @@ impl ServerProcess {
     /// the default level, none while data flows. `connections` counts this run's
     /// connections; the probe and the start-up line are allowed for.
     pub fn check_log_lines(&self, connections: usize) -> io::Result<()> {
-        if self.kind != Kind::Biotls {
+        // Under --wrap the wrapper writes to the same stderr.
+        if !matches!(self.kind, Kind::Biotls | Kind::Before) || self.wrapped {
             return Ok(());
         }
         let lines = std::fs::read_to_string(&self.log)
@@ -350,6 +380,17 @@ impl Drop for ServerProcess {
                 pids.retain(|&p| p != perf.id());
             }
             let _ = perf.wait();
+        }
+        if self.wrapped {
+            // tls_echo_server ends on SIGTERM; a profiler then writes its report.
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
         }
         let _ = self.child.kill();
         if let Ok(mut pids) = CHILDREN.lock() {

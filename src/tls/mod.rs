@@ -3,6 +3,7 @@
 mod acceptor;
 mod config;
 mod handle;
+mod hello;
 mod identity;
 mod ossl;
 mod resume;
@@ -10,7 +11,7 @@ mod revocation;
 mod session;
 mod stats;
 mod tickets;
-pub use acceptor::{TlsAcceptor, TlsAcceptorBuilder};
+pub use acceptor::{DEFAULT_SESSION_TICKETS, TlsAcceptor, TlsAcceptorBuilder};
 pub use config::{TlsConnector, TlsConnectorBuilder};
 pub use handle::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
 pub use identity::PeerIdentity;

@@ -11,11 +11,24 @@
 //! duplex. Its receive side is a queue of the [`Bytes`] chunks the transport delivered (no
 //! copy on the way in; OpenSSL's read out of the queue is the only copy), its send side a
 //! [`BytesMut`] that OpenSSL appends to and that is split off whole by `take_ciphertext`
-//! (no copy on the way out). This needs no `unsafe` and no `openssl-sys`.
+//! (no copy on the way out). This needs no `unsafe` and no `openssl-sys`. One `unsafe`
+//! line is there for speed: [`TlsSession::read`] lets `SSL_read` write into the spare
+//! capacity of the caller's buffer without zero-filling it first (`mark_filled`), which
+//! cost 2 % of a server's CPU at 64 KiB writes and 6.5 % at 1 KiB.
+//!
+//! # A server's `SSL` waits for the ClientHello
+//!
+//! A server session creates its OpenSSL `SSL` only once the client's ClientHello has
+//! arrived (or something OpenSSL must refuse at once: see `tls/hello.rs`). Until then it
+//! holds the bytes received, at most one record's worth (16 KiB + 5), and no `SSL`: a
+//! peer that stalls in the middle of its ClientHello costs a few hundred bytes, not the
+//! `SSL`'s 20 KiB and more. The `SSL` is made from the acceptor's configuration at that
+//! moment (see [`TlsSession::server`]).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::{Buf, Bytes, BytesMut};
 use openssl::error::ErrorStack;
@@ -24,6 +37,7 @@ use openssl::x509::X509;
 
 use super::acceptor::TlsAcceptor;
 use super::config::TlsConnector;
+use super::hello::Hello;
 use super::ossl::{self, clear_error_queue, ssl_error_reason, stack_message};
 use super::resume;
 use crate::error::{TlsAlert, TlsFailure, VerifyError};
@@ -43,6 +57,18 @@ struct MemDuplex {
     eof: bool,
     /// Ciphertext written by OpenSSL and not yet taken.
     tx: BytesMut,
+}
+
+impl MemDuplex {
+    /// A transport holding `rx`, already received, and the end if `eof`.
+    fn with_input(rx: VecDeque<Bytes>, eof: bool) -> MemDuplex {
+        MemDuplex {
+            rx_len: rx.iter().map(Bytes::len).sum(),
+            rx,
+            eof,
+            tx: BytesMut::new(),
+        }
+    }
 }
 
 impl Read for MemDuplex {
@@ -134,7 +160,10 @@ pub struct SessionInfo {
 /// [`server_with`](Self::server_with) / [`client_with`](Self::client_with) that installs
 /// its own replaces it, and sent alerts then go unnamed).
 pub struct TlsSession {
-    stream: SslStream<MemDuplex>,
+    /// The OpenSSL session over the memory transport; `None` while a server session
+    /// waits for the ClientHello (`waiting`).
+    stream: Option<SslStream<MemDuplex>>,
+    waiting: Option<Box<Waiting>>,
     is_server: bool,
     handshake_done: bool,
     shutdown_sent: bool,
@@ -147,12 +176,28 @@ pub struct TlsSession {
     write_retry_pending: bool,
 }
 
+/// A per-session adjustment of a server's `SSL`, run when the `SSL` is created.
+type Configure = Box<dyn FnOnce(&mut SslRef) -> Result<()> + Send>;
+
+/// A server session before its `SSL` exists.
+struct Waiting {
+    /// The configuration to create the `SSL` from (its current one, then).
+    acceptor: TlsAcceptor,
+    /// Only ever used through `&mut` (`into_inner`); the mutex keeps the session `Sync`.
+    configure: Mutex<Option<Configure>>,
+    hello: Hello,
+}
+
 impl fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsSession")
             .field("is_server", &self.is_server)
             .field("handshake_complete", &self.handshake_done)
-            .field("version", &self.stream.ssl().version_str())
+            .field("waiting_for_client_hello", &self.waiting.is_some())
+            .field(
+                "version",
+                &self.ssl().map_or("unknown", |s| s.version_str()),
+            )
             .field("ciphertext_in", &self.buffered_ciphertext_in())
             .field("ciphertext_out", &self.buffered_ciphertext_out())
             .field("shutdown_sent", &self.shutdown_sent)
@@ -180,12 +225,32 @@ fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) {
     }
 }
 
+/// Counts the `n` bytes `SSL_read` wrote at the start of `buf`'s spare capacity as part
+/// of `buf`, and returns `n`. `n` must be what `ssl_read_uninit` returned for a slice of
+/// at least `n` bytes taken from the start of `buf.spare_capacity_mut()`.
+#[allow(unsafe_code)]
+fn mark_filled(buf: &mut BytesMut, n: usize) -> usize {
+    let n = n.min(buf.capacity() - buf.len());
+    // SAFETY: `n` does not exceed the spare capacity (checked above), and those `n`
+    // bytes are initialised: `ssl_read_uninit` returns the count `SSL_read_ex` reports,
+    // which is the number of bytes it wrote, contiguously from the start of the slice it
+    // was given (OpenSSL copies the record's plaintext there and never reports more than
+    // the slice's length), and the caller gave it the start of this spare capacity with
+    // nothing in between that could move or shrink `buf`.
+    unsafe { buf.set_len(buf.len() + n) };
+    n
+}
+
 impl TlsSession {
-    fn new(ssl: Ssl, is_server: bool, requested_name: Option<String>) -> Result<Self> {
-        let stream = SslStream::new(ssl, MemDuplex::default())
-            .map_err(|e| setup_error("creating TLS session", &e))?;
-        Ok(TlsSession {
+    fn new(
+        stream: Option<SslStream<MemDuplex>>,
+        waiting: Option<Box<Waiting>>,
+        is_server: bool,
+        requested_name: Option<String>,
+    ) -> TlsSession {
+        TlsSession {
             stream,
+            waiting,
             is_server,
             handshake_done: false,
             shutdown_sent: false,
@@ -193,30 +258,78 @@ impl TlsSession {
             failed: None,
             requested_name,
             write_retry_pending: false,
-        })
+        }
     }
 
     /// Creates a server-side session from `acceptor`'s configuration.
+    ///
+    /// The session creates its OpenSSL `SSL` when the client's ClientHello has arrived
+    /// (see the module docs), from the configuration `acceptor` holds at that moment: a
+    /// [`TlsAcceptor::replace`] before then applies to this session too; the `SSL` then
+    /// keeps its configuration whatever happens to the acceptor. Until then
+    /// [`ssl`](Self::ssl) returns `None`.
+    ///
+    /// # Errors
+    /// None today: the `SSL` is created later, and its errors come from
+    /// [`handshake`](Self::handshake).
     pub fn server(acceptor: &TlsAcceptor) -> Result<Self> {
-        Self::server_with(acceptor, |_| Ok(()))
+        Ok(Self::waiting(acceptor, None))
     }
 
     /// Like [`server`](Self::server), but lets `configure` adjust this session's `SSL`
     /// before the handshake starts (the per-session counterpart of
     /// [`TlsAcceptorBuilder::context_builder_mut`](super::TlsAcceptorBuilder::context_builder_mut)).
+    ///
+    /// `configure` runs when the `SSL` is created, once the ClientHello has arrived,
+    /// inside the [`handshake`](Self::handshake) (or [`read`](Self::read)) call that
+    /// creates it; an error it returns fails the session and is returned by that call.
+    ///
+    /// # Errors
+    /// None today (see [`server`](Self::server)).
     pub fn server_with(
         acceptor: &TlsAcceptor,
-        configure: impl FnOnce(&mut SslRef) -> Result<()>,
+        configure: impl FnOnce(&mut SslRef) -> Result<()> + Send + 'static,
     ) -> Result<Self> {
-        // The acceptor's current configuration; the session keeps it even if the
-        // acceptor is replaced later.
+        Ok(Self::waiting(acceptor, Some(Box::new(configure))))
+    }
+
+    fn waiting(acceptor: &TlsAcceptor, configure: Option<Configure>) -> TlsSession {
+        let waiting = Waiting {
+            acceptor: acceptor.clone(),
+            configure: Mutex::new(configure),
+            hello: Hello::default(),
+        };
+        Self::new(None, Some(Box::new(waiting)), true, None)
+    }
+
+    /// Creates the server's `SSL` from the acceptor's current configuration and hands
+    /// it the bytes received so far.
+    fn start_server(&mut self) -> Result<()> {
+        let Some(waiting) = self.waiting.take() else {
+            return Ok(());
+        };
+        let Waiting {
+            acceptor,
+            configure,
+            hello,
+        } = *waiting;
         let mut ssl =
             Ssl::new(&acceptor.context()).map_err(|e| setup_error("creating TLS session", &e))?;
         ssl.set_accept_state();
         // Before `configure`, so that an info callback of the caller's own wins.
         ossl::observe(&mut ssl);
-        configure(&mut ssl)?;
-        Self::new(ssl, true, None)
+        if let Some(configure) = configure
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            configure(&mut ssl)?;
+        }
+        let eof = hello.eof();
+        let io = MemDuplex::with_input(hello.into_chunks(), eof);
+        let stream =
+            SslStream::new(ssl, io).map_err(|e| setup_error("creating TLS session", &e))?;
+        self.stream = Some(stream);
+        Ok(())
     }
 
     /// Creates a client-side session that connects to `server_name`.
@@ -258,7 +371,14 @@ impl TlsSession {
             }
         }
         configure(&mut ssl)?;
-        Self::new(ssl, false, Some(server_name.to_owned()))
+        let stream = SslStream::new(ssl, MemDuplex::default())
+            .map_err(|e| setup_error("creating TLS session", &e))?;
+        Ok(Self::new(
+            Some(stream),
+            None,
+            false,
+            Some(server_name.to_owned()),
+        ))
     }
 
     /// Queues ciphertext received from the peer. The chunk is kept as is (no copy); empty
@@ -267,32 +387,47 @@ impl TlsSession {
         if data.is_empty() {
             return;
         }
-        let io = self.stream.get_mut();
-        io.rx_len += data.len();
-        io.rx.push_back(data);
+        if let Some(waiting) = &mut self.waiting {
+            waiting.hello.feed(data);
+        } else if let Some(stream) = &mut self.stream {
+            let io = stream.get_mut();
+            io.rx_len += data.len();
+            io.rx.push_back(data);
+        }
     }
 
     /// Records that the transport reached end of stream: once the queued ciphertext is
     /// consumed, OpenSSL sees EOF. After the handshake, EOF without the peer's
     /// close_notify makes `read` fail with [`Error::Truncated`].
     pub fn feed_eof(&mut self) {
-        self.stream.get_mut().eof = true;
+        if let Some(waiting) = &mut self.waiting {
+            waiting.hello.feed_eof();
+        } else if let Some(stream) = &mut self.stream {
+            stream.get_mut().eof = true;
+        }
     }
 
-    /// Bytes of ciphertext fed in but not yet consumed by OpenSSL.
+    /// Bytes of ciphertext fed in but not yet consumed by OpenSSL (for a server waiting
+    /// for the ClientHello: the bytes held).
     pub fn buffered_ciphertext_in(&self) -> usize {
-        self.stream.get_ref().rx_len
+        match (&self.waiting, &self.stream) {
+            (Some(waiting), _) => waiting.hello.len(),
+            (None, Some(stream)) => stream.get_ref().rx_len,
+            (None, None) => 0,
+        }
     }
 
     /// Whether there is ciphertext to send to the peer.
     pub fn has_ciphertext(&self) -> bool {
-        !self.stream.get_ref().tx.is_empty()
+        self.stream
+            .as_ref()
+            .is_some_and(|s| !s.get_ref().tx.is_empty())
     }
 
     /// Takes all pending ciphertext as one chunk (split off the output buffer, no copy),
     /// or `None` if there is none.
     pub fn take_ciphertext(&mut self) -> Option<Bytes> {
-        let tx = &mut self.stream.get_mut().tx;
+        let tx = &mut self.stream.as_mut()?.get_mut().tx;
         if tx.is_empty() {
             None
         } else {
@@ -310,7 +445,10 @@ impl TlsSession {
     /// are large; a shared one is reclaimed in place once the ciphertext split off it has
     /// been written and dropped.
     pub fn provide_output_buffer(&mut self, buf: BytesMut) -> Option<BytesMut> {
-        let tx = &mut self.stream.get_mut().tx;
+        let Some(stream) = &mut self.stream else {
+            return Some(buf);
+        };
+        let tx = &mut stream.get_mut().tx;
         if tx.is_empty() {
             *tx = buf;
             tx.clear();
@@ -323,19 +461,21 @@ impl TlsSession {
     /// Takes the output buffer, with its spare capacity, once its ciphertext has been
     /// taken (`None` while ciphertext is pending). The session keeps no buffer.
     pub fn take_output_buffer(&mut self) -> Option<BytesMut> {
-        let tx = &mut self.stream.get_mut().tx;
+        let tx = &mut self.stream.as_mut()?.get_mut().tx;
         tx.is_empty().then(|| std::mem::take(tx))
     }
 
     /// Makes room for `additional` bytes of ciphertext, so encrypting a large write does
     /// not grow (and copy) the output buffer record by record.
     pub fn reserve_ciphertext(&mut self, additional: usize) {
-        self.stream.get_mut().tx.reserve(additional);
+        if let Some(stream) = &mut self.stream {
+            stream.get_mut().tx.reserve(additional);
+        }
     }
 
     /// Bytes of ciphertext waiting to be taken with [`take_ciphertext`](Self::take_ciphertext).
     pub fn buffered_ciphertext_out(&self) -> usize {
-        self.stream.get_ref().tx.len()
+        self.stream.as_ref().map_or(0, |s| s.get_ref().tx.len())
     }
 
     fn fail(&mut self, e: Error) -> Error {
@@ -352,14 +492,17 @@ impl TlsSession {
 
     /// The reason and the alert of a failed OpenSSL call.
     fn failure(&self, e: &ssl::Error) -> TlsFailure {
-        TlsFailure::new(
-            ssl_error_reason(e),
-            ossl::failure_alert(self.stream.ssl(), e),
-        )
+        let alert = match self.ssl() {
+            Some(ssl) => ossl::failure_alert(ssl, e),
+            None => ossl::received_alert(e).map(TlsAlert::Received),
+        };
+        TlsFailure::new(ssl_error_reason(e), alert)
     }
 
     fn handshake_error(&self, e: &ssl::Error) -> Error {
-        let ssl = self.stream.ssl();
+        let Some(ssl) = self.ssl() else {
+            return Error::Handshake(self.failure(e));
+        };
         if ossl::is_verify_failure(e) {
             let result = ssl.verify_result();
             let reason = if result == openssl::x509::X509VerifyResult::OK {
@@ -399,8 +542,19 @@ impl TlsSession {
         if self.handshake_done {
             return Ok(true);
         }
+        if let Some(waiting) = &self.waiting {
+            if !waiting.hello.is_ready() {
+                return Ok(false);
+            }
+            if let Err(e) = self.start_server() {
+                return Err(self.fail(e));
+            }
+        }
+        let Some(stream) = &mut self.stream else {
+            return Ok(false);
+        };
         clear_error_queue();
-        match self.stream.do_handshake() {
+        match stream.do_handshake() {
             Ok(()) => {
                 self.handshake_done = true;
                 Ok(true)
@@ -439,36 +593,31 @@ impl TlsSession {
         if self.close_notify_received {
             return Ok(ReadOutcome::Eof);
         }
-        let start = buf.len();
-        if buf.capacity() - start < MAX_RECORD_PLAINTEXT {
+        let Some(stream) = &mut self.stream else {
+            return Ok(ReadOutcome::WantRead);
+        };
+        if buf.capacity() - buf.len() < MAX_RECORD_PLAINTEXT {
             buf.reserve(MAX_RECORD_PLAINTEXT);
         }
-        // One `SSL_read` returns at most one record: zero-fill (no `unsafe`) only that much.
-        let room = (buf.capacity() - start).min(MAX_RECORD_PLAINTEXT);
-        buf.resize(start + room, 0);
+        // One `SSL_read` returns at most one record. OpenSSL writes into the spare
+        // capacity as it is: no zero-filling first.
+        let room = (buf.capacity() - buf.len()).min(MAX_RECORD_PLAINTEXT);
         clear_error_queue();
-        let (_, dst) = buf.split_at_mut(start);
-        let result = self.stream.ssl_read(dst);
+        let result = stream.ssl_read_uninit(&mut buf.spare_capacity_mut()[..room]);
         match result {
-            Ok(n) => {
-                buf.truncate(start + n);
-                Ok(ReadOutcome::Data(n))
-            }
-            Err(e) => {
-                buf.truncate(start);
-                match e.code() {
-                    ErrorCode::ZERO_RETURN => {
-                        self.close_notify_received = true;
-                        Ok(ReadOutcome::Eof)
-                    }
-                    ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
-                    _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
-                    _ => {
-                        let err = Error::Tls(self.failure(&e));
-                        Err(self.fail(err))
-                    }
+            Ok(n) => Ok(ReadOutcome::Data(mark_filled(buf, n.min(room)))),
+            Err(e) => match e.code() {
+                ErrorCode::ZERO_RETURN => {
+                    self.close_notify_received = true;
+                    Ok(ReadOutcome::Eof)
                 }
-            }
+                ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
+                _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
+                _ => {
+                    let err = Error::Tls(self.failure(&e));
+                    Err(self.fail(err))
+                }
+            },
         }
     }
 
@@ -496,8 +645,13 @@ impl TlsSession {
         if data.is_empty() {
             return Ok(0);
         }
+        let Some(stream) = &mut self.stream else {
+            return Err(Error::InvalidState(
+                "write before the TLS handshake completed",
+            ));
+        };
         clear_error_queue();
-        match self.stream.ssl_write(data) {
+        match stream.ssl_write(data) {
             Ok(n) => {
                 self.write_retry_pending = false;
                 Ok(n)
@@ -534,7 +688,12 @@ impl TlsSession {
         if self.shutdown_sent {
             return Err(Error::InvalidState("KeyUpdate after TLS shutdown"));
         }
-        if self.stream.ssl().version2() != Some(ssl::SslVersion::TLS1_3) {
+        let Some(stream) = &mut self.stream else {
+            return Err(Error::InvalidState(
+                "KeyUpdate before the handshake completed",
+            ));
+        };
+        if stream.ssl().version2() != Some(ssl::SslVersion::TLS1_3) {
             return Err(Error::InvalidState("KeyUpdate needs TLS 1.3"));
         }
         if self.write_retry_pending {
@@ -543,14 +702,14 @@ impl TlsSession {
             ));
         }
         clear_error_queue();
-        if !ossl::request_key_update(&mut self.stream, request_peer) {
+        if !ossl::request_key_update(stream, request_peer) {
             let stack = ErrorStack::get();
             return Err(Error::tls(format!("KeyUpdate: {}", stack_message(&stack))));
         }
         // The request only marks the session; the handshake machinery writes the
         // message now (into the memory transport, so it completes at once).
         clear_error_queue();
-        match self.stream.do_handshake() {
+        match stream.do_handshake() {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(()),
             Err(e) => {
@@ -576,8 +735,13 @@ impl TlsSession {
                 "TLS shutdown before the handshake completed",
             ));
         }
+        let Some(stream) = &mut self.stream else {
+            return Err(Error::InvalidState(
+                "TLS shutdown before the handshake completed",
+            ));
+        };
         clear_error_queue();
-        match self.stream.shutdown() {
+        match stream.shutdown() {
             Ok(_) => {
                 self.shutdown_sent = true;
                 Ok(())
@@ -615,7 +779,15 @@ impl TlsSession {
 
     /// What was negotiated (meaningful once the handshake is complete).
     pub fn info(&self) -> SessionInfo {
-        let ssl = self.stream.ssl();
+        let Some(ssl) = self.ssl() else {
+            return SessionInfo {
+                version: "unknown",
+                cipher: None,
+                alpn: None,
+                server_name: self.requested_name.clone(),
+                resumed: false,
+            };
+        };
         let server_name = if self.is_server {
             ssl.servername(NameType::HOST_NAME).map(str::to_owned)
         } else {
@@ -630,28 +802,34 @@ impl TlsSession {
         }
     }
 
+    /// Whether the handshake resumed an earlier session (`false` before it completes).
+    pub fn is_resumed(&self) -> bool {
+        self.handshake_done && self.ssl().is_some_and(SslRef::session_reused)
+    }
+
     /// The peer's certificate, if it sent one.
     pub fn peer_certificate(&self) -> Option<X509> {
-        self.stream.ssl().peer_certificate()
+        self.ssl()?.peer_certificate()
     }
 
     /// The certificate chain the peer sent, if any. As in OpenSSL, on the server side it
     /// does not include the client's leaf certificate (see
     /// [`peer_certificate`](Self::peer_certificate)).
     pub fn peer_cert_chain(&self) -> Option<Vec<X509>> {
-        self.stream
-            .ssl()
+        self.ssl()?
             .peer_cert_chain()
             .map(|chain| chain.iter().map(|c| c.to_owned()).collect())
     }
 
-    /// The underlying OpenSSL session, for queries this type does not wrap.
+    /// The underlying OpenSSL session, for queries this type does not wrap; `None` for a
+    /// server session still waiting for the ClientHello (see
+    /// [`server`](Self::server)), which has no `SSL` yet.
     ///
     /// There is no `ssl_mut`: the `openssl` crate gives no mutable access to the `SSL`
     /// inside an `SslStream`. Adjust a session before its handshake with
     /// [`server_with`](Self::server_with) / [`client_with`](Self::client_with).
-    pub fn ssl(&self) -> &SslRef {
-        self.stream.ssl()
+    pub fn ssl(&self) -> Option<&SslRef> {
+        self.stream.as_ref().map(SslStream::ssl)
     }
 
     /// Looks at what comes next without consuming application data: `Data(n)` if
@@ -669,9 +847,12 @@ impl TlsSession {
         if self.close_notify_received {
             return Ok(ReadOutcome::Eof);
         }
+        let Some(stream) = &mut self.stream else {
+            return Ok(ReadOutcome::WantRead);
+        };
         clear_error_queue();
         let mut byte = [0u8; 1];
-        match self.stream.ssl_peek(&mut byte) {
+        match stream.ssl_peek(&mut byte) {
             Ok(n) => Ok(ReadOutcome::Data(n)),
             Err(e) => match e.code() {
                 ErrorCode::ZERO_RETURN => {
@@ -701,7 +882,10 @@ impl TlsSession {
                 "unread bytes are taken after the peer's close_notify",
             ));
         }
-        let io = self.stream.get_mut();
+        let Some(stream) = &mut self.stream else {
+            return Ok(Bytes::new());
+        };
+        let io = stream.get_mut();
         io.rx_len = 0;
         let mut chunks = std::mem::take(&mut io.rx);
         Ok(match chunks.len() {

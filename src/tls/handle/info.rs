@@ -47,8 +47,7 @@ impl<S: Stream> Tls<S> {
     /// Whether the handshake resumed an earlier session (TLS 1.3 ticket, TLS 1.2 session
     /// id or ticket) instead of a full handshake. `false` before the handshake completes.
     pub fn is_resumed(self, lp: &Loop) -> bool {
-        st_ref::<S>(lp, self.0)
-            .is_some_and(|t| t.session.is_handshake_complete() && t.session.ssl().session_reused())
+        st_ref::<S>(lp, self.0).is_some_and(|t| t.session.is_resumed())
     }
 
     /// What was negotiated: protocol version, cipher, ALPN protocol, SNI name.
@@ -93,9 +92,17 @@ impl<S: Stream> Tls<S> {
     /// Escape hatch: OpenSSL's view of the connection.
     ///
     /// # Errors
-    /// [`Error::Closed`].
+    /// [`Error::Closed`]; [`Error::InvalidState`] on a server whose client's ClientHello
+    /// has not arrived yet: its `SSL` does not exist before (see
+    /// [`TlsSession::server`](crate::tls::TlsSession::server)).
     pub fn ssl(self, lp: &Loop) -> Result<&SslRef> {
-        Ok(st_ref::<S>(lp, self.0).ok_or(Error::Closed)?.session.ssl())
+        st_ref::<S>(lp, self.0)
+            .ok_or(Error::Closed)?
+            .session
+            .ssl()
+            .ok_or(Error::InvalidState(
+                "no SSL yet: the server waits for the ClientHello",
+            ))
     }
 
     /// The inner stream handle (owned by this `Tls`: use it for queries and socket

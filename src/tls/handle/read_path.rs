@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use super::{Handshake, Tls, Unwrap, pump, st};
+use super::{Handshake, Pump, Tls, Unwrap, pump, st};
 use crate::error::Error;
 use crate::event_loop::Loop;
 use crate::handle::RawId;
@@ -28,59 +28,62 @@ enum End {
     Failed(Error),
 }
 
-/// Delivers decrypted plaintext to the reader, then the ending once there is one, and
-/// the ending to a reader started after it. Called from the loop only.
+/// Delivers decrypted plaintext to the reader, one batch (a full batch marks the pump to
+/// go round for the next), then the ending once there is one, and the ending to a reader
+/// started after it. Called from the loop only, by the pump.
 pub(super) fn deliver<S: Stream>(lp: &mut Loop, id: RawId) {
     let tls = Tls::<S>(id, PhantomData);
-    loop {
+    let Some(t) = st::<S>(lp, id) else { return };
+    if let Some((mut cb, heard)) = t.read.take_late_reader() {
+        cb(lp, tls, heard);
+        return;
+    }
+    if !t.read.can_deliver() {
+        return;
+    }
+    if !matches!(t.handshake, Handshake::Done) {
+        // Nothing to decrypt yet; a failed handshake is the ending.
+        if let Some(e) = t.failure.clone() {
+            end_reading::<S>(lp, id, Err(e));
+        }
+        return;
+    }
+    let (data, end) = decrypt_batch::<S>(lp, id);
+    // Decrypting may have produced output (a KeyUpdate reply, an alert).
+    pump::flush::<S>(lp, id, true);
+    if !data.is_empty() {
         let Some(t) = st::<S>(lp, id) else { return };
-        if let Some((mut cb, heard)) = t.read.take_late_reader() {
-            cb(lp, tls, heard);
+        t.counters.plain_delivered += data.len() as u64;
+        let Some(mut taken) = t.read.take() else {
             return;
+        };
+        (taken.cb)(lp, tls, Ok(Some(data)));
+        let Some(t) = st::<S>(lp, id) else { return };
+        t.read.restore(taken);
+    }
+    match end {
+        End::More => {
+            // More may wait. Let the pump go round first: what the reader wrote of
+            // this batch gets encrypted, and the batch's buffer can be reused for
+            // the next one instead of a new one being allocated.
+            if let Some(t) = st::<S>(lp, id) {
+                t.pump = Pump::Again;
+            }
         }
-        if !t.read.can_deliver() {
-            return;
-        }
-        if !matches!(t.handshake, Handshake::Done) {
-            // Nothing to decrypt yet; a failed handshake is the ending.
-            if let Some(e) = t.failure.clone() {
+        End::WantRead => {
+            // All that could be decrypted is delivered: a failure is the ending.
+            if let Some(e) = st::<S>(lp, id).and_then(|t| t.failure.clone()) {
                 end_reading::<S>(lp, id, Err(e));
             }
-            return;
         }
-        let (data, end) = decrypt_batch::<S>(lp, id);
-        // Decrypting may have produced output (a KeyUpdate reply, an alert).
-        pump::flush::<S>(lp, id, true);
-        if !data.is_empty() {
-            let Some(t) = st::<S>(lp, id) else { return };
-            t.counters.plain_delivered += data.len() as u64;
-            let Some(mut taken) = t.read.take() else {
-                return;
-            };
-            (taken.cb)(lp, tls, Ok(Some(data)));
-            let Some(t) = st::<S>(lp, id) else { return };
-            t.read.restore(taken);
+        End::Eof => {
+            end_reading::<S>(lp, id, Ok(()));
+            pump::update_inner_reading::<S>(lp, id);
         }
-        match end {
-            End::More => continue,
-            End::WantRead => {
-                // All that could be decrypted is delivered: a failure is the ending.
-                if let Some(e) = st::<S>(lp, id).and_then(|t| t.failure.clone()) {
-                    end_reading::<S>(lp, id, Err(e));
-                }
-                return;
-            }
-            End::Eof => {
-                end_reading::<S>(lp, id, Ok(()));
-                pump::update_inner_reading::<S>(lp, id);
-                return;
-            }
-            End::Failed(e) => {
-                pump::fail::<S>(lp, id, e.clone());
-                let first = st::<S>(lp, id).and_then(|t| t.failure.clone()).unwrap_or(e);
-                end_reading::<S>(lp, id, Err(first));
-                return;
-            }
+        End::Failed(e) => {
+            pump::fail::<S>(lp, id, e.clone());
+            let first = st::<S>(lp, id).and_then(|t| t.failure.clone()).unwrap_or(e);
+            end_reading::<S>(lp, id, Err(first));
         }
     }
 }
