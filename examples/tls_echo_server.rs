@@ -31,12 +31,12 @@ use std::sync::mpsc;
 
 use biotls::echo::{EchoEnd, EchoOptions, echo_with};
 use biotls::error::{Alert, Timeout, TlsAlert};
+use biotls::openssl::ssl::SslSessionCacheMode;
+use biotls::openssl::x509::X509;
 use biotls::signal::{SIGHUP, SIGINT, SIGTERM};
 use biotls::tls::{CrlCheck, Tls, TlsAcceptor, TlsAcceptorBuilder};
 use biotls::{Async, AsyncSender, Error, ListenOptions, Loop, Signal, Stream, Tcp, TcpListener};
 use clap::Parser;
-use openssl::ssl::SslSessionCacheMode;
-use openssl::x509::X509;
 
 /// Echo everything each TLS client sends back to it.
 #[derive(Parser, Clone)]
@@ -131,7 +131,7 @@ fn configuration(args: &Args) -> biotls::Result<TlsAcceptorBuilder> {
         ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
         ctx.set_num_tickets(0)
             .map_err(|e| biotls::Error::Config(e.to_string()))?;
-        ctx.set_options(openssl::ssl::SslOptions::NO_TICKET);
+        ctx.set_options(biotls::openssl::ssl::SslOptions::NO_TICKET);
     }
     Ok(builder)
 }

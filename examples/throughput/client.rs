@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use biotls::bytes::{Bytes, BytesMut};
 use biotls::tls::{ReadOutcome, TlsConnector, TlsSession};
-use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 

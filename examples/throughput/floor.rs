@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use biotls::bytes::{Bytes, BytesMut};
 use biotls::tls::{ReadOutcome, TlsAcceptor, TlsConnector, TlsSession};
-use bytes::{Bytes, BytesMut};
 use cpu_time::ThreadTime;
 
 /// Moves every pending ciphertext chunk from `from` to `to`.

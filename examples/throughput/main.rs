@@ -1031,7 +1031,7 @@ fn system_line() -> String {
     format!(
         "{} cores ({cpu}), Linux {kernel}, {}",
         thread::available_parallelism().map_or(0, |n| n.get()),
-        openssl::version::version()
+        biotls::openssl::version::version()
     )
 }
 

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+use biotls::openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
 /// Process ids of the children alive now, for the signal handler.
 pub static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
