@@ -606,18 +606,7 @@ impl TlsSession {
         let result = stream.ssl_read_uninit(&mut buf.spare_capacity_mut()[..room]);
         match result {
             Ok(n) => Ok(ReadOutcome::Data(mark_filled(buf, n.min(room)))),
-            Err(e) => match e.code() {
-                ErrorCode::ZERO_RETURN => {
-                    self.close_notify_received = true;
-                    Ok(ReadOutcome::Eof)
-                }
-                ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
-                _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
-                _ => {
-                    let err = Error::Tls(self.failure(&e));
-                    Err(self.fail(err))
-                }
-            },
+            Err(e) => self.read_error(&e),
         }
     }
 
@@ -854,18 +843,25 @@ impl TlsSession {
         let mut byte = [0u8; 1];
         match stream.ssl_peek(&mut byte) {
             Ok(n) => Ok(ReadOutcome::Data(n)),
-            Err(e) => match e.code() {
-                ErrorCode::ZERO_RETURN => {
-                    self.close_notify_received = true;
-                    Ok(ReadOutcome::Eof)
-                }
-                ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
-                _ if ossl::is_unexpected_eof(&e) => Err(self.fail(Error::Truncated)),
-                _ => {
-                    let err = Error::Tls(self.failure(&e));
-                    Err(self.fail(err))
-                }
-            },
+            Err(e) => self.read_error(&e),
+        }
+    }
+
+    /// What an `SSL_read` or `SSL_peek` error means for the reader: the peer's
+    /// close_notify is the end of the stream, a want is "feed more", a TCP-level end
+    /// without close_notify is truncation, anything else fails the session.
+    fn read_error(&mut self, e: &ssl::Error) -> Result<ReadOutcome> {
+        match e.code() {
+            ErrorCode::ZERO_RETURN => {
+                self.close_notify_received = true;
+                Ok(ReadOutcome::Eof)
+            }
+            ErrorCode::WANT_READ | ErrorCode::WANT_WRITE => Ok(ReadOutcome::WantRead),
+            _ if ossl::is_unexpected_eof(e) => Err(self.fail(Error::Truncated)),
+            _ => {
+                let err = Error::Tls(self.failure(e));
+                Err(self.fail(err))
+            }
         }
     }
 
