@@ -91,10 +91,12 @@ impl StreamState {
         self.read.is_active() || connecting || self.out.has_requests() || self.shutdown.is_queued()
     }
 
-    /// The error that makes writing impossible: a failed connect or a failed write.
+    /// The error that makes writing impossible: a failed connect (once its callback has
+    /// run: until then requests queue, and fail after it, also when the failure was
+    /// known inside the constructor) or a failed write.
     fn broken(&self) -> Option<&Error> {
         match &self.conn {
-            Conn::Failed { error, .. } => Some(error),
+            Conn::Failed { error, cb: None } => Some(error),
             _ => self.write_error.as_ref(),
         }
     }

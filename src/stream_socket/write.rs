@@ -73,8 +73,8 @@ pub(super) fn flush(lp: &mut Loop, id: RawId) {
     update_active(lp, id);
 }
 
-/// Fails every queued request and a queued shutdown with `err`, calling them now, in
-/// order (from the loop). Stops early if a callback closed the handle: the close
+/// Fails every queued request, a queued shutdown and the drain watcher with `err`,
+/// calling them now, in order (from the loop). Stops early if a callback closed the handle: the close
 /// cancelled the rest.
 pub(super) fn fail_requests(lp: &mut Loop, id: RawId, err: &Error) {
     loop {
@@ -87,7 +87,12 @@ pub(super) fn fail_requests(lp: &mut Loop, id: RawId, err: &Error) {
     if let Some(cb) = t.shutdown.take_queued() {
         cb(lp, Err(err.clone()));
     }
-    lp.with_queue::<StreamState, _>(id, |t, q| t.drain.fail(q, err));
+    // The drain watcher waits on the writes: it hears the failure with them, before the
+    // reader.
+    let Ok(t) = state(lp, id) else { return };
+    if let Some(cb) = t.drain.take() {
+        cb(lp, Err(err.clone()));
+    }
 }
 
 /// `Stream::try_write`: writes what the socket takes now, only if nothing is queued.
