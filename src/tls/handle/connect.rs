@@ -35,7 +35,11 @@ impl Tls<Tcp> {
     /// exactly once, from the loop, with the outcome: `Ok` once connected and
     /// handshaken, or the first error that stopped it (resolution, connect, handshake,
     /// verification, a timeout). After an error, close the handle, as after any
-    /// failure. Writes made meanwhile are queued; reading may start at once.
+    /// failure. Writes made meanwhile are queued; reading may start at once. A failure
+    /// before `cb` ran reaches the others as a [`Tcp`] connect's does: after `cb` (and
+    /// the [`on_handshake`](Tls::on_handshake) callback, if one is set), the queued
+    /// writes, the shutdown and the drain watcher, in order (cancelled instead if `cb`
+    /// closed the handle), and the reader last.
     ///
     /// The handshake timeout ([`set_handshake_timeout`](Tls::set_handshake_timeout),
     /// default [`DEFAULT_HANDSHAKE_TIMEOUT`](super::DEFAULT_HANDSHAKE_TIMEOUT)) starts when TCP connects; the connect has

@@ -566,6 +566,10 @@ impl<S: Stream> Stream for Tls<S> {
     {
         lp.check_access(self.0)?;
         let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
+        if matches!(t.unwrap, Unwrap::Finishing(_)) {
+            // The handle is handed back on this iteration: a reader would never run.
+            return Err(Error::InvalidState("the handle is being unwrapped"));
+        }
         t.read.start(Box::new(move |lp, tls, r| cb(lp, tls, r)));
         let id = self.0;
         // Plaintext or an ending may be waiting: deliver it from the loop.

@@ -109,6 +109,10 @@ fn needs_loop<S: Stream>(t: &TlsState<S>) -> bool {
 }
 
 /// Runs the handshake callback once the outcome is known (from the loop).
+///
+/// After a failed connect ([`Tls::connect`]'s callback with an error), the requests
+/// queued meanwhile fail next, in order (see [`fail_connect_requests`]); the reader hears
+/// the failure after them, from [`read_path::deliver`] later in the same round.
 fn report_handshake<S: Stream>(lp: &mut Loop, id: RawId) {
     let Some(t) = st::<S>(lp, id) else { return };
     let Some(outcome) = t.handshake_outcome() else {
@@ -117,15 +121,46 @@ fn report_handshake<S: Stream>(lp: &mut Loop, id: RawId) {
     let connected = t.on_connected.take();
     let handshake = t.on_handshake.take();
     let tls = Tls(id, std::marker::PhantomData);
+    let connect_failed = connected.is_some() && outcome.is_err();
     if let Some(cb) = connected {
         cb(lp, tls, outcome.clone());
     }
+    // Also when the connect callback closed the handle: the handshake's outcome is
+    // known, and a pending callback runs before the requests that the close cancels.
     if let Some(cb) = handshake {
-        match st_any::<S>(lp, id) {
-            // The connect callback closed the handle: the close reports it, in order.
-            Some(t) if !t.is_open() => t.on_handshake = Some(cb),
-            _ => cb(lp, tls, outcome),
-        }
+        cb(lp, tls, outcome.clone());
+    }
+    if let (true, Err(e)) = (connect_failed, outcome) {
+        fail_connect_requests::<S>(lp, id, &e);
+    }
+}
+
+/// A failed connect's requests, after its callback (from the loop): the writes, the
+/// shutdown and the drain watcher fail with the connect's error, in order, as over a
+/// [`Tcp`](crate::Tcp) whose connect failed. If the connect callback closed the handle,
+/// the close cancels them; if one of these callbacks closes it, the rest are cancelled.
+fn fail_connect_requests<S: Stream>(lp: &mut Loop, id: RawId, err: &Error) {
+    let Some(t) = st::<S>(lp, id) else { return };
+    let writes = t.writes.take_unacked();
+    let mut closed = false;
+    for cb in writes {
+        closed = closed || st::<S>(lp, id).is_none();
+        cb(
+            lp,
+            Err(if closed {
+                Error::Cancelled
+            } else {
+                err.clone()
+            }),
+        );
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    if let Some(cb) = t.shutdown.take_waiting() {
+        cb(lp, Err(err.clone()));
+    }
+    let Some(t) = st::<S>(lp, id) else { return };
+    if let Some(cb) = t.drain.take() {
+        cb(lp, Err(err.clone()));
     }
 }
 
@@ -384,14 +419,26 @@ pub(super) fn fail<S: Stream>(lp: &mut Loop, id: RawId, err: Error) {
     // direct loop this failure interrupted); the rest fail.
     complete_acked::<S>(lp, id, false);
     let Some(t) = st::<S>(lp, id) else { return };
-    let failed: Vec<DoneCb> = t.writes.take_unacked();
-    let shutdown = t.shutdown.take_waiting();
-    let drain = t.drain.take();
-    if let Some(cb) = t.unwrap.take() {
+    // A connect that failed before its callback ran ([`Tls::connect`]): the requests stay
+    // queued while it runs (a `close` inside it cancels them); `report_handshake` fails
+    // them after it. Nothing was encrypted, so none of them was written.
+    let connecting = t.on_connected.is_some() && !matches!(t.handshake, Handshake::Done);
+    let unwrap = t.unwrap.take();
+    let failed: Vec<DoneCb> = if connecting {
+        Vec::new()
+    } else {
+        let writes = t.writes.take_unacked();
+        writes
+            .into_iter()
+            .chain(t.shutdown.take_waiting())
+            .chain(t.drain.take())
+            .collect()
+    };
+    if let Some(cb) = unwrap {
         let e = err.clone();
         lp.defer(move |lp| cb(lp, Err(e)));
     }
-    for cb in failed.into_iter().chain(shutdown).chain(drain) {
+    for cb in failed {
         lp.complete(cb, Err(err.clone()));
     }
     update_inner_reading::<S>(lp, id);

@@ -68,6 +68,10 @@ impl<S: Stream> Tls<S> {
     /// `close` meanwhile gives `cb` the error or [`Error::Cancelled`], and the `Tls`
     /// stays (close it).
     ///
+    /// Once both close_notifys are through and every write's callback has run, the
+    /// handle is handed back on that loop iteration: `start_read` and `on_drain` return
+    /// [`Error::InvalidState`] then (a reader or watcher would never run).
+    ///
     /// # Errors
     /// [`Error::Closed`]; the handle's failure; [`Error::InvalidState`] before the
     /// handshake completes, after `shutdown`, or while an unwrap is in progress.
