@@ -68,10 +68,12 @@ impl<const N: usize> IntoBytes for &'static [u8; N] {
 ///   and its callback runs once, from the loop, with the same ending (`Ok(None)` or the
 ///   same error), whether or not an earlier reader heard it.
 /// - **Connect failure** ([`Tcp::connect`](crate::Tcp::connect) and the other connecting
-///   constructors): the connect callback runs first. Queued writes, then the shutdown,
-///   stay queued while it runs (a `close` inside it cancels them); otherwise they then
-///   fail with the connect's error, in order. A reader started before the connect gets
-///   that error last. Nothing stays active afterwards; the handle stays open until
+///   constructors, also [`Tls::connect`](crate::Tls::connect)): the connect callback
+///   runs first. Queued writes, then the shutdown and the drain watcher, stay queued
+///   while it runs (a `close` inside it cancels them); otherwise they then fail with the
+///   connect's error, in order. This holds also when the failure is known inside the
+///   constructor (no address to try): requests made before the connect callback runs
+///   queue. A reader started before the connect gets that error last. Nothing stays active afterwards; the handle stays open until
 ///   closed.
 /// - **Close.** [`close`](Stream::close) releases the handle at once: a pending connect
 ///   callback, then the queued writes and a pending shutdown complete with
