@@ -90,6 +90,9 @@ fn progress<S: Stream>(lp: &mut Loop, id: RawId, from_loop: bool) {
     if let Err(e) = encrypt::<S>(lp, id) {
         fail::<S>(lp, id, e);
     }
+    // A zero-length write marked just now at ciphertext already written is complete:
+    // it too comes before the completions of what we flush below.
+    complete_acked::<S>(lp, id, false);
     // Handshake messages, alerts (also those of a failure), records, close_notify.
     flush::<S>(lp, id, false);
     update_inner_reading::<S>(lp, id);
