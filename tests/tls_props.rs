@@ -699,9 +699,15 @@ impl World {
                 continue;
             }
             let queued = s.tls.write_queue_size(&self.lp) as u64;
-            // Records add under 2 % (22 bytes per 16 KiB); replies to the peer are
-            // bounded at 64 KiB; the handshake and tickets add a few KiB.
-            let bound = s.outstanding.get() + s.outstanding.get() / 50 + 96 * 1024;
+            // Records add under 2 % (22 bytes per 16 KiB); replies to the peer stop
+            // being read for past 64 KiB, so they stay under that plus the replies to
+            // one read (at most the Duplex's capacity, each reply no larger than its
+            // record); the handshake and tickets add a few KiB.
+            let bound = s.outstanding.get()
+                + s.outstanding.get() / 50
+                + 64 * 1024
+                + self.capacity as u64
+                + 32 * 1024;
             if queued > bound {
                 self.model.violation(format!(
                     "{:?} queues {queued} bytes with {} of writes outstanding",
@@ -865,4 +871,75 @@ fn tls_callbacks_keep_the_contract_under_generated_call_orders_and_faults() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// Runs one generated case as a plain test (cases the property test found once).
+fn run_case(raw: bool, capacity: usize, ops: &[Op]) {
+    let pki = Pki::generate(&["localhost"]).unwrap();
+    let setup = Setup {
+        acceptor: pki.acceptor().unwrap(),
+        connector: pki.connector().unwrap(),
+    };
+    let mut world = World::new(&setup, 1, raw, capacity);
+    for s in world.sides.clone() {
+        do_start_read(&mut world.lp, &s);
+    }
+    for op in ops {
+        world.apply(op);
+    }
+    world.finish();
+}
+
+#[test]
+fn a_close_in_a_late_handshake_callback_keeps_the_write_before_the_shutdown() {
+    run_case(
+        false,
+        512,
+        &[
+            Op::React {
+                side: 0,
+                on: On::Handshake,
+                then: Reaction::Close,
+            },
+            Op::Run { ms: 2 },
+            Op::OnHandshake { side: 0 },
+            Op::Write {
+                side: 0,
+                len: 0,
+                parts: 1,
+            },
+            Op::Shutdown { side: 0 },
+        ],
+    );
+}
+
+#[test]
+fn a_keyupdate_flood_from_a_raw_peer_stays_within_the_reply_bound() {
+    run_case(
+        true,
+        1 << 16,
+        &[
+            Op::Run { ms: 1 },
+            Op::RawKeyUpdates { n: 2202 },
+            Op::RawKeyUpdates { n: 2932 },
+            Op::Run { ms: 0 },
+            Op::RawShutdown,
+            Op::KeyUpdate {
+                side: 0,
+                request: false,
+            },
+            Op::Fault {
+                side: 0,
+                fault: FaultOp::PartialWrites(1),
+            },
+            Op::StartRead { side: 0 },
+            Op::Write {
+                side: 0,
+                len: 1,
+                parts: 1,
+            },
+            Op::Close { side: 1 },
+            Op::Run { ms: 0 },
+        ],
+    );
 }

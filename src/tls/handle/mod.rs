@@ -228,7 +228,10 @@ enum Pump {
 
 /// Ciphertext that reading produced (KeyUpdate replies, alerts) and the inner stream has
 /// not written yet. Past [`GENERATED_LIMIT`] the handle stops reading the inner stream,
-/// so a peer that sends but never reads cannot make it queue replies without bound.
+/// so a peer that sends but never reads cannot make it queue replies without bound: it
+/// holds at most the limit plus the replies to the last read of the inner stream (each
+/// record draws at most one reply, no larger than itself; OpenSSL processes all the
+/// records of a read it was given).
 #[derive(Default)]
 struct Generated {
     /// (ciphertext end offset, bytes) of each such chunk in flight.
