@@ -327,6 +327,23 @@ fn st<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
     st_any::<S>(lp, id).filter(|t| t.is_open())
 }
 
+/// The state of an open handle that still takes writes: else its failure, or
+/// [`Error::InvalidState`]`(after_shutdown)` once a shutdown was requested.
+fn writable<'a, S: Stream>(
+    lp: &'a mut Loop,
+    id: RawId,
+    after_shutdown: &'static str,
+) -> Result<&'a mut TlsState<S>> {
+    let t = st::<S>(lp, id).ok_or(Error::Closed)?;
+    if let Some(e) = &t.failure {
+        return Err(e.clone());
+    }
+    if !matches!(t.shutdown, Shutdown::Open) {
+        return Err(Error::InvalidState(after_shutdown));
+    }
+    Ok(t)
+}
+
 /// The state of an open or closing handle.
 fn st_any<S: Stream>(lp: &mut Loop, id: RawId) -> Option<&mut TlsState<S>> {
     lp.state::<TlsState<S>>(id)
@@ -549,13 +566,7 @@ impl<S: Stream> Tls<S> {
     /// [`Error::Closed`]; the handle's failure; [`Error::InvalidState`] before the
     /// handshake completes, after `shutdown`, or on a TLS 1.2 connection.
     pub fn key_update(self, lp: &mut Loop, request_peer: bool) -> Result<()> {
-        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        if let Some(e) = &t.failure {
-            return Err(e.clone());
-        }
-        if !matches!(t.shutdown, Shutdown::Open) {
-            return Err(Error::InvalidState("KeyUpdate after shutdown"));
-        }
+        let t = writable::<S>(lp, self.0, "KeyUpdate after shutdown")?;
         t.session.key_update(request_peer)?;
         pump::pump::<S>(lp, self.0, false);
         Ok(())
@@ -597,13 +608,7 @@ impl<S: Stream> Stream for Tls<S> {
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {
         lp.check_access(self.0)?;
-        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        if let Some(e) = &t.failure {
-            return Err(e.clone());
-        }
-        if !matches!(t.shutdown, Shutdown::Open) {
-            return Err(Error::InvalidState("write after shutdown"));
-        }
+        let t = writable::<S>(lp, self.0, "write after shutdown")?;
         t.writes.push(bufs, Box::new(move |lp, r| cb(lp, self, r)));
         if t.writes.pending_bytes() >= RECORD || !matches!(t.handshake, Handshake::Done) {
             pump::pump::<S>(lp, self.0, false);
@@ -630,13 +635,7 @@ impl<S: Stream> Stream for Tls<S> {
     /// so repeated calls take nothing more until it has drained.
     fn try_write(self, lp: &mut Loop, data: &[u8]) -> Result<usize> {
         lp.check_access(self.0)?;
-        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        if let Some(e) = &t.failure {
-            return Err(e.clone());
-        }
-        if !matches!(t.shutdown, Shutdown::Open) {
-            return Err(Error::InvalidState("write after shutdown"));
-        }
+        let t = writable::<S>(lp, self.0, "write after shutdown")?;
         let inner = t.inner;
         if !matches!(t.handshake, Handshake::Done)
             || t.writes.has_pending()
@@ -665,13 +664,7 @@ impl<S: Stream> Stream for Tls<S> {
         F: FnOnce(&mut Loop, Self, Result<()>) + 'static,
     {
         lp.check_access(self.0)?;
-        let t = st::<S>(lp, self.0).ok_or(Error::Closed)?;
-        if let Some(e) = &t.failure {
-            return Err(e.clone());
-        }
-        if !matches!(t.shutdown, Shutdown::Open) {
-            return Err(Error::InvalidState("already shut down"));
-        }
+        let t = writable::<S>(lp, self.0, "already shut down")?;
         t.shutdown = Shutdown::Queued(Box::new(move |lp, r| cb(lp, self, r)));
         pump::pump::<S>(lp, self.0, false);
         Ok(())
