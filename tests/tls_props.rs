@@ -809,24 +809,7 @@ impl World {
         if let Some(raw) = self.raw.take() {
             raw.end.close(&mut self.lp, |_, _| {});
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.lp.run_once().unwrap() {
-            if Instant::now() > deadline {
-                self.model.violation(format!(
-                    "the loop is still alive 5 s after every handle was closed: {:?}",
-                    self.lp
-                ));
-                break;
-            }
-        }
-        self.tick.close(&mut self.lp);
-        self.lp.run_nowait().unwrap();
-        if self.lp.handle_count() != 0 {
-            self.model.violation(format!(
-                "{} handles left after closing all",
-                self.lp.handle_count()
-            ));
-        }
+        self.model.expect_loop_ends(&mut self.lp, self.tick);
         self.model.finish();
         self.model.check();
     }

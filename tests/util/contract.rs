@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use biotls::Error;
+use biotls::{Error, Loop, Timer};
 
 /// What kind of request a callback completes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +318,28 @@ impl Model {
     }
 
     /// At the end: every request completed.
+    /// After every handle but the guard timer `tick` was closed: the loop ends within
+    /// 5 s, and once `tick` is closed too, no handle is left.
+    pub fn expect_loop_ends(&self, lp: &mut Loop, tick: Timer) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lp.run_once().unwrap() {
+            if Instant::now() > deadline {
+                self.violation(format!(
+                    "the loop is still alive 5 s after every handle was closed: {lp:?}"
+                ));
+                break;
+            }
+        }
+        tick.close(lp);
+        lp.run_nowait().unwrap();
+        if lp.handle_count() != 0 {
+            self.violation(format!(
+                "{} handles left after closing all",
+                lp.handle_count()
+            ));
+        }
+    }
+
     pub fn finish(&self) {
         let handles = self.handles.borrow();
         let mut missing = Vec::new();
