@@ -73,8 +73,8 @@ impl<const N: usize> IntoBytes for &'static [u8; N] {
 ///   while it runs (a `close` inside it cancels them); otherwise they then fail with the
 ///   connect's error, in order. This holds also when the failure is known inside the
 ///   constructor (no address to try): requests made before the connect callback runs
-///   queue. A reader started before the connect gets that error last. Nothing stays active afterwards; the handle stays open until
-///   closed.
+///   queue. A reader started before the connect gets that error last. Nothing stays
+///   active afterwards; the handle stays open until closed.
 /// - **Close.** [`close`](Stream::close) releases the handle at once: a pending connect
 ///   callback, then the queued writes and a pending shutdown complete with
 ///   [`Error::Cancelled`](crate::Error::Cancelled) (a connect whose failure was already

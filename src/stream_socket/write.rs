@@ -74,8 +74,8 @@ pub(super) fn flush(lp: &mut Loop, id: RawId) {
 }
 
 /// Fails every queued request, a queued shutdown and the drain watcher with `err`,
-/// calling them now, in order (from the loop). Stops early if a callback closed the handle: the close
-/// cancelled the rest.
+/// calling them now, in order (from the loop). Stops early if a callback closed the
+/// handle: the close cancelled the rest.
 pub(super) fn fail_requests(lp: &mut Loop, id: RawId, err: &Error) {
     loop {
         let Ok(t) = state(lp, id) else { return };

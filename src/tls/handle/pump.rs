@@ -148,14 +148,12 @@ fn fail_connect_requests<S: Stream>(lp: &mut Loop, id: RawId, err: &Error) {
     let mut closed = false;
     for cb in writes {
         closed = closed || st::<S>(lp, id).is_none();
-        cb(
-            lp,
-            Err(if closed {
-                Error::Cancelled
-            } else {
-                err.clone()
-            }),
-        );
+        let e = if closed {
+            Error::Cancelled
+        } else {
+            err.clone()
+        };
+        cb(lp, Err(e));
     }
     let Some(t) = st::<S>(lp, id) else { return };
     if let Some(cb) = t.shutdown.take_waiting() {
